@@ -1,0 +1,238 @@
+"""GrokPolicy: turn each observation of a trial into a decision with a reason and its evidence.
+
+The rules, in order of precedence:
+
+1. diverged (non-finite or exploding loss)                 → STOP
+2. target reached (grokked)                                 → STOP, or CONTINUE if configured
+3. past ``max_t``: transition under way or fresh evidence,
+   and still inside ``max_t + max_extension``               → EXTEND (keep paying)
+   otherwise                                                → STOP (budget)
+4. plateau with no transition evidence for longer than the
+   patience — ``patience_factor`` × the trial's own
+   memorization time, at least ``min_patience`` steps       → STOP (never-grok)
+5. otherwise                                                → CONTINUE
+
+Patience is measured from the last *evidence* of a coming transition (validation loss falling,
+weight norm decaying, probability on the correct class rising, target rising), so a run that
+keeps showing signs of life is never stopped on its plateau.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from grokschedule.phases import Observation, Phase, PhaseTracker, TrackerConfig
+
+
+class DecisionKind(str, Enum):
+    CONTINUE = "CONTINUE"
+    EXTEND = "EXTEND"
+    STOP = "STOP"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a trial now, why, and the signal values behind it."""
+
+    kind: DecisionKind
+    reason: str
+    step: float
+    phase: Phase
+    score: float
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        data["phase"] = self.phase.value
+        return data
+
+
+def _is_accuracy(metric: str) -> bool:
+    return "acc" in metric.lower()
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The scheduler's knobs; validated here so bad arguments fail before any trial runs."""
+
+    metric: str = "val_acc"
+    mode: str = "max"
+    grok_threshold: float = 0.95
+    max_t: float = 20_000
+    max_extension: float | None = None  # default: max_t / 2
+    patience_factor: float = 10.0
+    min_patience: float | None = None  # default: max_t / 4
+    stop_on_grok: bool = True
+    tracker: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
+        if (
+            not (isinstance(self.max_t, int | float) and math.isfinite(self.max_t))
+            or self.max_t <= 0
+        ):
+            raise ValueError(f"max_t must be a positive number, got {self.max_t!r}")
+        if not isinstance(self.grok_threshold, int | float) or not math.isfinite(
+            self.grok_threshold
+        ):
+            raise ValueError(f"grok_threshold must be a finite number, got {self.grok_threshold!r}")
+        if _is_accuracy(self.metric) and not 0.0 < self.grok_threshold <= 1.0:
+            raise ValueError(
+                f"grok_threshold must be in (0, 1] for accuracy metric {self.metric!r}, "
+                f"got {self.grok_threshold}"
+            )
+        if self.mode == "min" and self.grok_threshold < 0 and "loss" in self.metric.lower():
+            raise ValueError(f"grok_threshold must be >= 0 for loss metric {self.metric!r}")
+        for name in ("max_extension", "min_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.patience_factor <= 0:
+            raise ValueError(f"patience_factor must be > 0, got {self.patience_factor}")
+        TrackerConfig(grok_threshold=self.grok_threshold, mode=self.mode, **self.tracker)
+
+    @property
+    def extension(self) -> float:
+        return self.max_t / 2 if self.max_extension is None else self.max_extension
+
+    @property
+    def patience_floor(self) -> float:
+        return self.max_t / 4 if self.min_patience is None else self.min_patience
+
+
+class GrokPolicy:
+    """Holds one PhaseTracker per trial and decides on every observation."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.trackers: dict[str, PhaseTracker] = {}
+        self.last_decision: dict[str, Decision] = {}
+        self.log: dict[str, list[Decision]] = {}
+
+    def tracker(self, trial_id: str) -> PhaseTracker:
+        if trial_id not in self.trackers:
+            c = self.config
+            tracker_config = TrackerConfig(
+                grok_threshold=c.grok_threshold, mode=c.mode, **c.tracker
+            )
+            self.trackers[trial_id] = PhaseTracker(tracker_config)
+        return self.trackers[trial_id]
+
+    def patience(self, tracker: PhaseTracker) -> float:
+        memorized = tracker.memorized_step or 0.0
+        patience = max(self.config.patience_factor * memorized, self.config.patience_floor)
+        # Softmax collapse (arXiv 2501.04697) is a never-grok marker: halve the patience.
+        return patience / 2 if tracker.collapsed else patience
+
+    def observe(self, trial_id: str, obs: Observation) -> Decision:
+        tracker = self.tracker(trial_id)
+        phase = tracker.update(obs)
+        kind, reason = self._decide(tracker, phase)
+        if kind is DecisionKind.STOP and phase in (
+            Phase.PLATEAU,
+            Phase.TRANSITION,
+            Phase.MEMORIZING,
+        ):
+            tracker.mark_stalled(reason)
+        decision = Decision(
+            kind=kind,
+            reason=reason,
+            step=obs.step,
+            phase=tracker.phase,
+            score=self._score(tracker),
+            signals={k: round(v, 6) for k, v in tracker.signals.items()},
+        )
+        self._remember(trial_id, decision)
+        return decision
+
+    def forget(self, trial_id: str) -> None:
+        """Drop a finished trial's tracker (its decision log stays for reporting)."""
+        self.trackers.pop(trial_id, None)
+
+    # -- rules ------------------------------------------------------------------------------
+    def _decide(self, t: PhaseTracker, phase: Phase) -> tuple[DecisionKind, str]:
+        c = self.config
+        if phase is Phase.DIVERGED:
+            return DecisionKind.STOP, f"diverged: {t.changes[-1].reason}"
+        if phase is Phase.GROKKED:
+            reason = f"grokked at step {t.grokked_step:.0f}: {c.metric} reached {c.grok_threshold}"
+            if c.stop_on_grok:
+                return DecisionKind.STOP, reason
+            return DecisionKind.CONTINUE, reason
+        if t.step >= c.max_t:
+            return self._at_budget(t, phase)
+        if phase is Phase.PLATEAU:
+            quiet, patience = t.steps_since_evidence(), self.patience(t)
+            if quiet >= patience:
+                return DecisionKind.STOP, (
+                    f"never-grok: no transition evidence for {quiet:.0f} steps ≥ patience "
+                    f"{patience:.0f} ({self._patience_basis(t)}); {self._describe(t)}"
+                )
+            return DecisionKind.CONTINUE, (
+                f"plateau since step {t.memorized_step:.0f}, quiet {quiet:.0f}/{patience:.0f} "
+                f"steps; {self._describe(t)}"
+            )
+        if phase is Phase.TRANSITION:
+            return DecisionKind.CONTINUE, f"transition: {self._describe(t)}"
+        if phase is Phase.MEMORIZING:
+            return DecisionKind.CONTINUE, "memorizing: training set not yet fit"
+        return DecisionKind.CONTINUE, f"warmup: {t.results}/{t.config.warmup_results} results"
+
+    def _at_budget(self, t: PhaseTracker, phase: Phase) -> tuple[DecisionKind, str]:
+        c = self.config
+        limit = c.max_t + c.extension
+        alive = phase is Phase.TRANSITION or (
+            phase is Phase.PLATEAU and t.fired and t.steps_since_evidence() == 0
+        )
+        if alive and t.step < limit:
+            return DecisionKind.EXTEND, (
+                f"past max_t {c.max_t:.0f} while {phase.value} is under way "
+                f"(extension {t.step - c.max_t:.0f}/{c.extension:.0f}); {self._describe(t)}"
+            )
+        where = "extension" if alive else f"max_t {c.max_t:.0f}"
+        return DecisionKind.STOP, f"budget: reached {where} in {phase.value}; {self._describe(t)}"
+
+    def _patience_basis(self, t: PhaseTracker) -> str:
+        c = self.config
+        basis = f"{c.patience_factor:g}× memorization at {t.memorized_step or 0:.0f}"
+        basis += f", min {c.patience_floor:.0f}"
+        return basis + (", halved: softmax collapse" if t.collapsed else "")
+
+    @staticmethod
+    def _describe(t: PhaseTracker) -> str:
+        s = t.signals
+        parts = [f"progress {s.get('progress', 0.0):.0%}"]
+        parts += [
+            f"{label} {s[key]:+.1%}"
+            for key, label in (("val_loss_change", "val_loss"), ("weight_norm_change", "|w|"))
+            if key in s and s.get("window_steps", 0) > 0
+        ]
+        if "zero_loss_share" in s:
+            parts.append(f"zero-loss share {s['zero_loss_share']:.0%}")
+        parts.append("evidence: " + (", ".join(t.fired) if t.fired else "none"))
+        return ", ".join(parts)
+
+    def _score(self, t: PhaseTracker) -> float:
+        """A heuristic grok score in [0, 1]: not a calibrated probability."""
+        if t.phase is Phase.GROKKED:
+            return 1.0
+        if t.phase in (Phase.STALLED, Phase.DIVERGED):
+            return 0.0
+        if t.phase is Phase.TRANSITION:
+            return 0.5 + 0.5 * t.progress()
+        if t.phase is Phase.PLATEAU:
+            freshness = max(0.0, 1.0 - t.steps_since_evidence() / self.patience(t))
+            return round(0.1 + 0.3 * freshness + 0.05 * len(t.fired), 3)
+        return 0.5
+
+    def _remember(self, trial_id: str, decision: Decision) -> None:
+        """Log every decision whose kind or phase differs from the previous one."""
+        previous = self.last_decision.get(trial_id)
+        self.last_decision[trial_id] = decision
+        if previous is None or (previous.kind, previous.phase) != (decision.kind, decision.phase):
+            self.log.setdefault(trial_id, []).append(decision)

@@ -1,0 +1,34 @@
+"""Shared fixtures: recorded real training curves and a helper that replays them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from grokschedule.phases import Observation
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def recorded_curves() -> dict[str, dict[str, list[float]]]:
+    """Curves recorded from ``ModularTrainer`` (see tests/data/README.md for the configs)."""
+    raw = json.loads((DATA / "recorded_curves.json").read_text())
+    return {name: entry["curve"] for name, entry in raw.items()}
+
+
+def observations(curve: Mapping[str, Sequence[float]]) -> Iterator[Observation]:
+    """Replay a recorded curve as the scheduler would see it."""
+    for i, step in enumerate(curve["step"]):
+        yield Observation(
+            step=step,
+            target=curve["val_acc"][i],
+            train_loss=curve["train_loss"][i],
+            train_acc=curve["train_acc"][i],
+            val_loss=curve["val_loss"][i],
+            weight_norm=curve["weight_norm"][i],
+            extras={k: v[i] for k, v in curve.items() if k.startswith("grok/")},
+        )
