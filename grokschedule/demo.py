@@ -60,7 +60,9 @@ def demo_settings(root: Path, quick: bool = False) -> SweepSettings:
 def run_demo(root: Path, quick: bool = False) -> int:
     started = time.monotonic()
     # Trial stdout (Ray's checkpoint chatter) stays in the trial logs; the console shows decisions.
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False
+    )
     try:
         outcome = run_sweep(demo_settings(root, quick))
     finally:

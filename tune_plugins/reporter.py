@@ -37,12 +37,12 @@ class GrokConsoleReporter(Callback):
         scheduler: GrokScheduler,
         train_metric: str = "train_acc",
         interval_s: float = 15.0,
-        stream: TextIO = sys.stdout,
+        stream: TextIO | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.train_metric = train_metric
         self.interval_s = interval_s
-        self.stream = stream
+        self.stream = stream  # None: whatever sys.stdout is at print time (and picklable)
         self._last_table = 0.0
         self._announced: dict[str, tuple[str, str]] = {}
 
@@ -85,4 +85,4 @@ class GrokConsoleReporter(Callback):
         return "\n".join(rows)
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(text, file=self.stream or sys.stdout, flush=True)
