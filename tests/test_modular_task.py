@@ -37,7 +37,7 @@ def test_without_weight_decay_it_memorizes_but_does_not_generalize() -> None:
 
 
 def test_split_covers_every_pair_once() -> None:
-    x_train, y_train, x_val, y_val = ModularTask("div", 13, 0.3, seed=1).split()
+    x_train, y_train, x_val, _ = ModularTask("div", 13, 0.3, seed=1).split()
     pairs = {tuple(p) for p in torch.cat([x_train, x_val]).tolist()}
     assert len(pairs) == 13 * 12  # y = 0 excluded for division
     # x / y * y == x (mod p)

@@ -15,7 +15,9 @@ def _replay(policy: GrokPolicy, trial_id: str, curve) -> list:
 
 
 def test_grokker_is_kept_through_its_plateau_and_stopped_once_grokked(recorded_curves) -> None:
-    decisions = _replay(GrokPolicy(PolicyConfig(max_t=3000)), "g", recorded_curves["grokker_p47_wd1"])
+    decisions = _replay(
+        GrokPolicy(PolicyConfig(max_t=3000)), "g", recorded_curves["grokker_p47_wd1"]
+    )
     assert all(d.kind is DecisionKind.CONTINUE for d in decisions[:-1])
     final = decisions[-1]
     assert final.kind is DecisionKind.STOP and final.phase is Phase.GROKKED

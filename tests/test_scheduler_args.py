@@ -29,4 +29,10 @@ def test_metric_and_mode_may_come_from_tune_config() -> None:
 
 def test_required_metrics_follow_the_configured_names() -> None:
     scheduler = GrokScheduler(metric="val_acc", mode="max", val_loss="eval_loss", train_acc=None)
-    assert scheduler.required_metrics == ["step", "val_acc", "train_loss", "eval_loss", "weight_norm"]
+    assert scheduler.required_metrics == [
+        "step",
+        "val_acc",
+        "train_loss",
+        "eval_loss",
+        "weight_norm",
+    ]

@@ -88,9 +88,7 @@ def test_sweep_keeps_the_grokker_and_stops_the_memorizer(local_ray, tmp_path: Pa
         assert run.data.tags["grok.verdict"].startswith("STOP: ")
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "grok")]
         assert artifacts == ["grok/decisions.json"]
-        decisions = mlflow.artifacts.load_dict(
-            f"{run.info.artifact_uri}/grok/decisions.json"
-        )
+        decisions = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/grok/decisions.json")
         assert decisions[-1]["kind"] == DecisionKind.STOP.value
         assert decisions[-1]["signals"]  # the numbers behind the reason
 
