@@ -42,6 +42,7 @@ class Observation:
     val_loss: float | None = None
     weight_norm: float | None = None
     extras: Mapping[str, float] = field(default_factory=dict)
+    control: Mapping[str, float] = field(default_factory=dict)  # the trainer's acknowledgements
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,11 @@ class PhaseTracker:
     def mark_stalled(self, reason: str) -> None:
         """The policy's verdict that this run will not grok; recorded like any phase change."""
         self._move(Phase.STALLED, reason)
+
+    def resume_plateau(self, reason: str) -> None:
+        """Leave DIVERGED after a rollback restored the pre-kick weights."""
+        self._best_train_loss = math.inf
+        self._move(Phase.PLATEAU, reason)
 
     # -- derived quantities ---------------------------------------------------------------
     def steps_since_evidence(self) -> float:

@@ -4,13 +4,17 @@ The rules, in order of precedence:
 
 1. diverged (non-finite or exploding loss)                 → STOP
 2. target reached (grokked)                                 → STOP, or CONTINUE if configured
-3. past ``max_t``: transition under way or fresh evidence,
+3. with interventions: a kick that diverged or made training
+   worse without recovering                                 → ROLLBACK
+4. past ``max_t``: transition under way or fresh evidence,
    and still inside ``max_t + max_extension``               → EXTEND (keep paying)
    otherwise                                                → STOP (budget)
-4. plateau with no transition evidence for longer than the
+5. with interventions: plateau quiet for ``kick_at`` × the
+   patience and kicks left                                  → KICK
+6. plateau with no transition evidence for longer than the
    patience — ``patience_factor`` × the trial's own
    memorization time, at least ``min_patience`` steps       → STOP (never-grok)
-5. otherwise                                                → CONTINUE
+7. otherwise                                                → CONTINUE
 
 Patience is measured from the last *evidence* of a coming transition (validation loss falling,
 weight norm decaying, probability on the correct class rising, target rising), so a run that
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from grokschedule.kick_policy import KickConfig, KickPolicy
 from grokschedule.phases import Observation, Phase, PhaseTracker, TrackerConfig
 
 
@@ -31,6 +36,8 @@ class DecisionKind(str, Enum):
     CONTINUE = "CONTINUE"
     EXTEND = "EXTEND"
     STOP = "STOP"
+    KICK = "KICK"
+    ROLLBACK = "ROLLBACK"
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class Decision:
     phase: Phase
     score: float
     signals: dict[str, float] = field(default_factory=dict)
+    command: dict[str, Any] | None = None  # for KICK / ROLLBACK: what the trainer must do
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -68,6 +76,7 @@ class PolicyConfig:
     min_patience: float | None = None  # default: max_t / 4
     stop_on_grok: bool = True
     tracker: dict[str, Any] = field(default_factory=dict)
+    interventions: KickConfig | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
@@ -113,6 +122,7 @@ class GrokPolicy:
         self.trackers: dict[str, PhaseTracker] = {}
         self.last_decision: dict[str, Decision] = {}
         self.log: dict[str, list[Decision]] = {}
+        self.kicks = KickPolicy(config.interventions) if config.interventions else None
 
     def tracker(self, trial_id: str) -> PhaseTracker:
         if trial_id not in self.trackers:
@@ -132,13 +142,20 @@ class GrokPolicy:
     def observe(self, trial_id: str, obs: Observation) -> Decision:
         tracker = self.tracker(trial_id)
         phase = tracker.update(obs)
-        kind, reason = self._decide(tracker, phase)
-        if kind is DecisionKind.STOP and phase in (
+        if self.kicks is not None:
+            self.kicks.absorb(trial_id, obs.control, self._train(obs))
+        kind, reason, command = self._intervene(trial_id, tracker, phase, obs)
+        if kind is None:
+            kind, reason = self._decide(trial_id, tracker, tracker.phase)
+            command = None
+        if kind is DecisionKind.STOP and tracker.phase in (
             Phase.PLATEAU,
             Phase.TRANSITION,
             Phase.MEMORIZING,
         ):
             tracker.mark_stalled(reason)
+            if self.kicks is not None:
+                self.kicks.fail_unjudged(trial_id)
         decision = Decision(
             kind=kind,
             reason=reason,
@@ -146,16 +163,68 @@ class GrokPolicy:
             phase=tracker.phase,
             score=self._score(tracker),
             signals={k: round(v, 6) for k, v in tracker.signals.items()},
+            command=command,
         )
         self._remember(trial_id, decision)
         return decision
+
+    def quiet_steps(self, trial_id: str, tracker: PhaseTracker) -> float:
+        """Steps since the last transition evidence — or since the last kick took effect."""
+        quiet = tracker.steps_since_evidence()
+        if self.kicks is not None:
+            kicked = self.kicks.trial(trial_id).last_kick_step
+            if kicked is not None and math.isfinite(kicked):
+                quiet = min(quiet, tracker.step - kicked)
+        return quiet
 
     def forget(self, trial_id: str) -> None:
         """Drop a finished trial's tracker (its decision log stays for reporting)."""
         self.trackers.pop(trial_id, None)
 
     # -- rules ------------------------------------------------------------------------------
-    def _decide(self, t: PhaseTracker, phase: Phase) -> tuple[DecisionKind, str]:
+    @staticmethod
+    def _train(obs: Observation) -> tuple[float, float]:
+        loss = math.nan if obs.train_loss is None else obs.train_loss
+        acc = math.nan if obs.train_acc is None else obs.train_acc
+        return loss, acc
+
+    def _intervene(
+        self, trial_id: str, t: PhaseTracker, phase: Phase, obs: Observation
+    ) -> tuple[DecisionKind | None, str, dict[str, Any] | None]:
+        """Rollback and kick decisions; ``None`` leaves the decision to the plain rules."""
+        kicks = self.kicks
+        if kicks is None:
+            return None, "", None
+        train = self._train(obs)
+        kicks.credit(trial_id, t.last_evidence_step, grokked=phase is Phase.GROKKED)
+        harm = kicks.harm(trial_id, obs.step, train, diverged=phase is Phase.DIVERGED)
+        if harm:
+            command_id = kicks.order_rollback(trial_id)
+            if phase is Phase.DIVERGED:
+                t.resume_plateau(f"rolled back: {harm}")
+            return (
+                DecisionKind.ROLLBACK,
+                f"rollback: {harm}",
+                {"id": command_id, "type": "rollback"},
+            )
+        if phase is not Phase.PLATEAU or t.step >= self.config.max_t:
+            return None, "", None
+        quiet, patience = self.quiet_steps(trial_id, t), self.patience(t)
+        if quiet < kicks.config.kick_at * patience:
+            return None, "", None
+        chosen = kicks.choose(trial_id, obs.step, train)
+        if chosen is None:
+            return None, "", None
+        command_id, kick = chosen
+        reason = (
+            f"kick {kick.kind} {kick.params or ''}: plateau quiet {quiet:.0f} steps ≥ "
+            f"{kicks.config.kick_at:g}× patience {patience:.0f}; kick {kicks.trial(trial_id).used}"
+            f"/{kicks.config.max_kicks}; sweep stats helped/tried: {kicks.describe_stats()}"
+        )
+        kick = type(kick)(kick.kind, kick.params, kick.duration_steps, reason)
+        return DecisionKind.KICK, reason, {"id": command_id, "type": "kick", "kick": kick.to_dict()}
+
+    def _decide(self, trial_id: str, t: PhaseTracker, phase: Phase) -> tuple[DecisionKind, str]:
         c = self.config
         if phase is Phase.DIVERGED:
             return DecisionKind.STOP, f"diverged: {t.changes[-1].reason}"
@@ -167,7 +236,7 @@ class GrokPolicy:
         if t.step >= c.max_t:
             return self._at_budget(t, phase)
         if phase is Phase.PLATEAU:
-            quiet, patience = t.steps_since_evidence(), self.patience(t)
+            quiet, patience = self.quiet_steps(trial_id, t), self.patience(t)
             if quiet >= patience:
                 return DecisionKind.STOP, (
                     f"never-grok: no transition evidence for {quiet:.0f} steps ≥ patience "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from grokschedule.kick_policy import KickConfig
 from grokschedule.phases import Observation
 from grokschedule.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
 from grokschedule.summary import SweepSummary, TrialOutcome
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
 SIGNAL_PREFIX = "grok/"
+CONTROL_PREFIX = "control/"
 
 
 class MissingMetricError(ValueError):
@@ -46,6 +48,8 @@ class GrokScheduler(FIFOScheduler):
             ``None`` if the trainable does not report it. Extra ``grok/*`` metrics are used when
             present.
         tracker_options: Overrides for ``grokschedule.phases.TrackerConfig``.
+        interventions: Kick runs on quiet plateaus: ``True`` for the defaults, a list of kick
+            kinds, or a mapping of ``grokschedule.kick_policy.KickConfig`` fields.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class GrokScheduler(FIFOScheduler):
         val_loss: str | None = "val_loss",
         weight_norm: str | None = "weight_norm",
         tracker_options: Mapping[str, Any] | None = None,
+        interventions: bool | list[str] | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if mode is not None and mode not in ("min", "max"):
@@ -85,6 +90,7 @@ class GrokScheduler(FIFOScheduler):
             "min_patience": min_patience,
             "stop_on_grok": stop_on_grok,
             "tracker": dict(tracker_options or {}),
+            "interventions": KickConfig.from_user(interventions),
         }
         self._metric, self._mode = metric, mode
         # Validate every argument now, before any trial runs; metric/mode may still come later.
@@ -221,6 +227,11 @@ class GrokScheduler(FIFOScheduler):
             if key.startswith(SIGNAL_PREFIX) and isinstance(value, int | float)
         }
         target = read(self._metric)
+        control = {
+            key: float(value)
+            for key, value in result.items()
+            if key.startswith(CONTROL_PREFIX) and isinstance(value, int | float)
+        }
         return Observation(
             step=float(result[self._time_attr]),
             target=math.nan if target is None else target,
@@ -229,4 +240,5 @@ class GrokScheduler(FIFOScheduler):
             val_loss=read(self._contract["val_loss"]),
             weight_norm=read(self._contract["weight_norm"]),
             extras=extras,
+            control=control,
         )

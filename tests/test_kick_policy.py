@@ -1,0 +1,137 @@
+"""The policy side of interventions: when to kick, which kick, when to roll back."""
+
+import math
+
+import pytest
+from conftest import observations
+
+from grokschedule.kick_policy import KickConfig
+from grokschedule.kicks import GROKFAST, LR_MULTIPLY, Kick
+from grokschedule.phases import Observation, Phase
+from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
+
+
+def _policy(**kick_options) -> GrokPolicy:
+    kicks = KickConfig(
+        **{"kicks": (Kick(GROKFAST), Kick(LR_MULTIPLY, {"factor": 3.0}, 100))} | kick_options
+    )
+    return GrokPolicy(PolicyConfig(max_t=3000, interventions=kicks))
+
+
+def _ack(obs: Observation, command_id: int, step: float) -> Observation:
+    control = {"control/acked_id": command_id, "control/applied_step": step}
+    return Observation(**{**obs.__dict__, "control": control})
+
+
+def test_a_quiet_plateau_is_kicked_before_it_would_be_stopped(recorded_curves) -> None:
+    policy = _policy()
+    decisions, acked = [], None
+    for obs in observations(recorded_curves["memorizer_p47_wd0"]):
+        if acked is not None:
+            obs = _ack(obs, *acked)
+        decision = policy.observe("m", obs)
+        decisions.append(decision)
+        if decision.kind is DecisionKind.KICK:
+            acked = (decision.command["id"], decision.step + 1)  # the trainer applies it next step
+        if decision.kind is DecisionKind.STOP:
+            break
+    kicks = [d for d in decisions if d.kind is DecisionKind.KICK]
+    assert [k.command["id"] for k in kicks] == [0, 1]
+    assert {k.command["kick"]["kind"] for k in kicks} == {GROKFAST, LR_MULTIPLY}  # no repeats
+    assert kicks[0].reason.startswith("kick ") and "patience" in kicks[0].reason
+    patience = policy.patience(policy.trackers["m"])
+    assert kicks[0].step - 150 >= 0.5 * patience  # quiet for kick_at × patience first
+    assert kicks[1].step - kicks[0].step >= 300  # cooldown, counted from the applied step
+    final = decisions[-1]
+    assert final.kind is DecisionKind.STOP and "never-grok" in final.reason
+    # quiet counts from the last kick, so the stop comes a full patience after it
+    assert final.step - kicks[1].step >= patience
+    assert sum(s.failed for s in policy.kicks.stats.values()) == 2
+
+
+def test_no_second_kick_until_the_first_is_acknowledged(recorded_curves) -> None:
+    policy = _policy()
+    kinds = [
+        policy.observe("m", obs).kind for obs in observations(recorded_curves["memorizer_p47_wd0"])
+    ]
+    assert kinds.count(DecisionKind.KICK) == 1
+
+
+def _plateau(policy: GrokPolicy, trial: str, until: int) -> None:
+    for step in range(50, until + 1, 50):
+        policy.observe(
+            trial,
+            Observation(step=step, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0),
+        )
+
+
+def test_a_kick_that_hurts_training_is_rolled_back_and_not_retried() -> None:
+    policy = _policy(rollback_window=100)
+    _plateau(policy, "h", 1000)
+    log = policy.log["h"]
+    kick = next(d for d in log if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    worse = dict(target=0.0, train_loss=0.09, train_acc=0.3, val_loss=5.0, control=ack)
+    first = policy.observe("h", Observation(step=kick.step + 50, **worse))
+    assert first.kind is DecisionKind.CONTINUE  # not yet: give it rollback_window to recover
+    decision = policy.observe("h", Observation(step=kick.step + 150, **worse))
+    assert decision.kind is DecisionKind.ROLLBACK
+    assert decision.command == {"id": kick.command["id"] + 1, "type": "rollback"}
+    assert "train_acc 1.000→0.300" in decision.reason
+    state = policy.kicks.trial("h")
+    assert state.harmful == {kick.command["kick"]["kind"]} and state.rollbacks == 1
+
+
+def test_a_kick_that_diverges_is_rolled_back_and_the_trial_lives_on() -> None:
+    policy = _policy()
+    _plateau(policy, "d", 1000)
+    kick = next(d for d in policy.log["d"] if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    decision = policy.observe(
+        "d", Observation(step=kick.step + 50, target=0.0, train_loss=math.nan, control=ack)
+    )
+    assert decision.kind is DecisionKind.ROLLBACK
+    assert "diverged" in decision.reason
+    assert policy.trackers["d"].phase is Phase.PLATEAU
+
+
+def test_evidence_after_a_kick_credits_its_kind() -> None:
+    policy = _policy()
+    _plateau(policy, "c", 1000)
+    kick = next(d for d in policy.log["c"] if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    for i, val_loss in enumerate([5.0, 4.0, 3.0, 2.0, 1.5]):
+        policy.observe(
+            "c",
+            Observation(
+                step=kick.step + 50 * (i + 1),
+                target=0.0,
+                train_loss=0.01,
+                train_acc=1.0,
+                val_loss=val_loss,
+                control=ack,
+            ),
+        )
+    assert policy.kicks.stats[kick.command["kick"]["kind"]].helped == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        (["lr_multiply", "teleport"], "teleport"),
+        ({"max_kicks": 0}, "max_kicks"),
+        ({"kick_at": 1.5}, "kick_at"),
+        ({"kicks": ["grokfast", "grokfast"]}, "one template per kind"),
+    ],
+)
+def test_bad_intervention_settings_name_the_field(value, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        KickConfig.from_user(value)
+
+
+def test_interventions_from_user_shorthands() -> None:
+    assert KickConfig.from_user(None) is None and KickConfig.from_user(False) is None
+    assert KickConfig.from_user(True) == KickConfig()
+    assert [k.kind for k in KickConfig.from_user(["grokfast"]).kicks] == ["grokfast"]
+    custom = KickConfig.from_user({"kicks": [{"kind": "lr_multiply", "params": {"factor": 10}}]})
+    assert custom.kicks[0].params == {"factor": 10.0}
