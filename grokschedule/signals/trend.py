@@ -8,6 +8,7 @@ Both are O(w²) in the window length w; with w ≤ 32 that is ~500 pairs, a few 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,18 +37,29 @@ class Trend:
 FLAT = Trend(slope=0.0, change=0.0, tau=0.0, span=0.0)
 
 
+@cache
+def _pairs(n: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Index pairs (i < j) of a window of length n, built once per length."""
+    i, j = np.triu_indices(n, k=1)
+    return i, j
+
+
 def robust_trend(times: NDArray[np.float64], values: NDArray[np.float64]) -> Trend:
     """Theil–Sen slope and Kendall tau of ``values`` against ``times`` (needs ≥ 3 points)."""
     if len(times) < 3:
         return FLAT
-    i, j = np.triu_indices(len(times), k=1)
+    i, j = _pairs(len(times))
     dt = times[j] - times[i]
     dv = values[j] - values[i]
     valid = dt > 0
-    if not valid.any():
+    if not valid.all():
+        dt, dv = dt[valid], dv[valid]
+    if not len(dt):
         return FLAT
-    slope = float(np.median(dv[valid] / dt[valid]))
-    tau = float(np.mean(np.sign(dv[valid])))
+    slopes = np.sort(dv / dt)
+    middle = len(slopes) // 2
+    slope = float(slopes[middle] if len(slopes) % 2 else (slopes[middle - 1] + slopes[middle]) / 2)
+    tau = float(np.count_nonzero(dv > 0) - np.count_nonzero(dv < 0)) / len(dv)
     span = float(times[-1] - times[0])
     return Trend(slope=slope, change=slope * span, tau=tau, span=span)
 
