@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from pathlib import Path
+
+# `grokschedule bench NAME ARGS...` hands ARGS to the benchmark's own argument parser.
+BENCHMARKS = {
+    "load": "grokschedule.bench.load:load_bench_main",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,7 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the local demo sweep (Ray + MLflow on sqlite)")
     demo.add_argument("--root", type=Path, default=Path("grokschedule_runs"))
     demo.add_argument("--quick", action="store_true", help="4 trials instead of 12")
-    args = parser.parse_args(argv)
+    bench = commands.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "bench":
+        module, function = BENCHMARKS[args.name].split(":")
+        return int(getattr(importlib.import_module(module), function)(args.args))
     if args.command == "demo":
         from grokschedule.demo import run_demo
 
