@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from grokschedule.phases import Phase, PhaseTracker
-from grokschedule.policy import Decision
+from grokschedule.policy import Decision, DecisionKind
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,8 @@ class TrialOutcome:
     grok_step: float | None
     verdict: str
     error: str | None = None
+    kicks: int = 0
+    rollbacks: int = 0
 
     @classmethod
     def from_tracker(
@@ -24,6 +26,7 @@ class TrialOutcome:
         trial_id: str,
         tracker: PhaseTracker,
         last: Decision | None,
+        log: list[Decision],
         steps_used: float,
         error: str | None = None,
     ) -> TrialOutcome:
@@ -33,7 +36,16 @@ class TrialOutcome:
             verdict = "no result yet"
         else:
             verdict = f"{last.kind.value}: {last.reason}"
-        return cls(trial_id, tracker.phase, steps_used, tracker.grokked_step, verdict, error)
+        return cls(
+            trial_id,
+            tracker.phase,
+            steps_used,
+            tracker.grokked_step,
+            verdict,
+            error,
+            kicks=sum(d.kind is DecisionKind.KICK for d in log),
+            rollbacks=sum(d.kind is DecisionKind.ROLLBACK for d in log),
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,13 @@ class SweepSummary:
                 f"steps): {t.verdict}"
                 for t in others
             ]
+        kicked = [t for t in self.trials if t.kicks]
+        if kicked:
+            lines.append(
+                f"Interventions: {sum(t.kicks for t in kicked)} kicks on {len(kicked)} trials, "
+                f"{sum(t.rollbacks for t in kicked)} rolled back; "
+                f"{sum(t.phase is Phase.GROKKED for t in kicked)} kicked trials grokked."
+            )
         share = self.steps_used / self.steps_budget if self.steps_budget else 0.0
         lines.append(
             f"Compute: {self.steps_used:,.0f} steps used vs {self.steps_budget:,.0f} to run every "

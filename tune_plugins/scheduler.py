@@ -165,6 +165,7 @@ class GrokScheduler(FIFOScheduler):
                 trial_id,
                 tracker,
                 policy.last_decision.get(trial_id),
+                policy.log.get(trial_id, []),
                 self._steps.get(trial_id, 0.0),
                 error=self._errors.get(trial_id),
             )

@@ -1,0 +1,29 @@
+from conftest import observations
+
+from grokschedule.kick_policy import KickConfig
+from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.summary import SweepSummary, TrialOutcome
+
+
+def test_summary_counts_outcomes_compute_and_kicks(recorded_curves) -> None:
+    policy = GrokPolicy(PolicyConfig(max_t=3000, interventions=KickConfig(max_kicks=1)))
+    steps = {}
+    for name in ("grokker_p47_wd1", "memorizer_p47_wd0"):
+        for obs in observations(recorded_curves[name]):
+            steps[name] = obs.step
+            if policy.observe(name, obs).kind is DecisionKind.STOP:
+                break
+    outcomes = [
+        TrialOutcome.from_tracker(
+            name, policy.trackers[name], policy.last_decision[name], policy.log[name], steps[name]
+        )
+        for name in steps
+    ]
+    summary = SweepSummary(outcomes, max_t=3000, metric="val_acc")
+    assert [t.trial_id for t in summary.grokked] == ["grokker_p47_wd1"]
+    assert [t.trial_id for t in summary.stopped] == ["memorizer_p47_wd0"]
+    assert summary.stopped[0].kicks == 1  # kicked once (never acknowledged), then stopped
+    assert summary.steps_used == 1650 + steps["memorizer_p47_wd0"]
+    text = summary.render()
+    assert "Interventions: 1 kicks on 1 trials, 0 rolled back" in text
+    assert f"to run every trial to max_t=3,000 ({summary.steps_used / 6000:.0%})" in text
