@@ -9,6 +9,7 @@ from pathlib import Path
 
 # `grokschedule bench NAME ARGS...` hands ARGS to the benchmark's own argument parser.
 BENCHMARKS = {
+    "bank": "grokschedule.bench.bank:bank_main",
     "load": "grokschedule.bench.load:load_bench_main",
 }
 
