@@ -12,6 +12,8 @@ from typing import Any
 
 from ray import tune
 
+from grokschedule.bench.bank import CurveBank
+
 POSITION_FILE = "position.json"
 
 
@@ -22,13 +24,30 @@ def load_curves(path: str) -> dict[str, dict[str, list[float]]]:
     return {name: entry["curve"] for name, entry in raw.items()}
 
 
+@cache
+def load_bank(path: str) -> CurveBank:
+    """One load per worker process: a reused actor replays many rows of the same bank."""
+    return CurveBank.load(path)
+
+
+def bank_curve(path: str, index: int) -> dict[str, list[float]]:
+    """Row ``index`` of a bank as plain Python lists (int steps, floats equal to the stored
+    float32 values), keyed as a live trial reports it."""
+    return {name: values.tolist() for name, values in load_bank(path).curve(index).items()}
+
+
 def replay_trainable(config: dict[str, Any]) -> None:
-    """Report curve ``config["curve"]`` of ``config["curve_file"]`` one point at a time.
+    """Report one recorded curve one point at a time: row ``config["index"]`` of the bank file
+    ``config["bank"]``, or curve ``config["curve"]`` of the JSON file ``config["curve_file"]``.
 
     ``delay_s`` sleeps between reports (to give a test time to act), and a checkpoint holding the
-    position is reported every ``checkpoint_every`` points so a restored trial resumes there.
+    position is reported every ``checkpoint_every`` points (0: never) so a restored or paused
+    trial resumes there.
     """
-    curve = load_curves(str(config["curve_file"]))[config["curve"]]
+    if "bank" in config:
+        curve = bank_curve(str(config["bank"]), int(config["index"]))
+    else:
+        curve = load_curves(str(config["curve_file"]))[config["curve"]]
     delay_s = float(config.get("delay_s", 0.0))
     checkpoint_every = int(config.get("checkpoint_every", 5))
     position = 0
@@ -39,7 +58,7 @@ def replay_trainable(config: dict[str, Any]) -> None:
     for index in range(position, len(curve["step"])):
         metrics = {name: values[index] for name, values in curve.items()}
         time.sleep(delay_s)
-        if (index + 1) % checkpoint_every:
+        if not checkpoint_every or (index + 1) % checkpoint_every:
             tune.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as directory:
