@@ -11,6 +11,7 @@ from pathlib import Path
 BENCHMARKS = {
     "bank": "grokschedule.bench.bank:bank_main",
     "load": "grokschedule.bench.load:load_bench_main",
+    "replay": "grokschedule.bench.replay_bench:replay_bench_main",
 }
 
 
@@ -20,10 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the local demo sweep (Ray + MLflow on sqlite)")
     demo.add_argument("--root", type=Path, default=Path("grokschedule_runs"))
     demo.add_argument("--quick", action="store_true", help="4 trials instead of 12")
+    sweep = commands.add_parser(
+        "sweep", help="run a sweep from a YAML spec (locally or on a cluster)"
+    )
+    sweep.add_argument("args", nargs=argparse.REMAINDER, help="SPEC.yaml [--dry-run] [--address]")
     bench = commands.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "sweep":
+        from grokschedule.sweep import sweep_main
+
+        return sweep_main(args.args)
     if args.command == "bench":
         module, function = BENCHMARKS[args.name].split(":")
         return int(getattr(importlib.import_module(module), function)(args.args))

@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from grokschedule.summary import SweepSummary
 from tune_plugins import GrokCallback, GrokConsoleReporter, GrokMLflowLoggerCallback, GrokScheduler
@@ -26,8 +27,12 @@ class SweepSettings:
     experiment: str = "grokschedule-demo"
     num_samples: int = 1
     max_concurrent_trials: int | None = None
-    resources: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1})
+    # Per trial: one bundle as a dict, or a placement group for trials spanning nodes.
+    resources: Mapping[str, float] | PlacementGroupFactory = field(
+        default_factory=lambda: {"cpu": 1}
+    )
     tracking_uri: str | None = None  # default: sqlite store under root
+    storage_path: str | None = None  # Tune's (a path, s3://, gs://); default root/ray_results
     console_interval_s: float = 20.0
     max_failures: int = 1
 
@@ -66,7 +71,10 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
             scheduler, tracking_uri=tracking_uri, experiment_name=settings.experiment
         ),
     ]
-    trainable = tune.with_resources(settings.trainable, dict(settings.resources))
+    resources = settings.resources
+    if not isinstance(resources, PlacementGroupFactory):
+        resources = dict(resources)
+    trainable = tune.with_resources(settings.trainable, resources)
     tuner = tune.Tuner(
         trainable,
         param_space=dict(settings.param_space),
@@ -77,7 +85,7 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
         ),
         run_config=tune.RunConfig(
             name=settings.experiment,
-            storage_path=str(root / "ray_results"),
+            storage_path=settings.storage_path or str(root / "ray_results"),
             callbacks=callbacks,
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),

@@ -1,0 +1,279 @@
+"""A real multi-node sweep on one machine, submitted the way cluster_configs/README.md says.
+
+Two Ray nodes on loopback, both with token auth on as in every cluster config: a head with one
+CPU and a worker with two CPUs and the custom resource ``gpu_node``, standing in for a GPU node.
+``ray job submit --working-dir <repo> -- python -m grokschedule.sweep sweeps/multinode-test.yaml``
+runs a sweep whose trials each need ``gpu_node``; Ray's own records then show where they ran.
+
+``ray stop`` cannot be aimed at one cluster and other clusters may run on this machine, so the
+nodes run under ``ray start --block`` (which takes its node's processes down on SIGTERM) and
+cleanup ends only processes of these nodes: their sessions, or a cwd / command line inside this
+test's Ray temp dir (the job's driver runs in a session of its own, in the uploaded working dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import psutil
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = "sweeps/multinode-test.yaml"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Cluster:
+    gcs: str  # host:port, for drivers (RAY_ADDRESS)
+    dashboard: str  # http://host:port, for the job and state APIs
+    env: dict[str, str]  # RAY_AUTH_MODE=token and this cluster's token file
+    token: str
+    worker_node_id: str
+    runs: Path  # GROKSCHEDULE_STORAGE_PATH on the nodes, so the job's driver writes there
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _node_ports() -> list[str]:
+    """Every port a node opens, picked free, so nothing collides with other clusters here."""
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "metrics-export-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+    )
+    return [f"--{name}={_free_port()}" for name in names]
+
+
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+
+
+def _get(url: str, token: str | None) -> Any:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    with _http.open(urllib.request.Request(url, headers=headers), timeout=30) as reply:
+        return json.load(reply)
+
+
+def _state(dashboard: str, token: str, resource: str, **equal: str) -> list[dict[str, Any]]:
+    """Ray's state API (what `ray list` calls), straight over HTTP: no CLI start-up per call."""
+    query = urllib.parse.urlencode(
+        {
+            "detail": "true",
+            "limit": 1000,
+            "filter_keys": list(equal),
+            "filter_predicates": ["="] * len(equal),
+            "filter_values": list(equal.values()),
+        },
+        doseq=True,
+    )
+    return list(_get(f"{dashboard}/api/v0/{resource}?{query}", token)["data"]["result"]["result"])
+
+
+def _alive_nodes(dashboard: str, token: str) -> list[dict[str, Any]]:
+    try:
+        return _state(dashboard, token, "nodes", state="ALIVE")
+    except (OSError, KeyError, ValueError):  # dashboard still starting
+        return []
+
+
+def _wait_for_nodes(dashboard: str, token: str, count: int, node: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 90
+    while len(_alive_nodes(dashboard, token)) < count:
+        assert node.poll() is None, f"ray start exited with {node.returncode}"
+        assert time.monotonic() < deadline, f"{dashboard} never showed {count} nodes"
+        time.sleep(0.5)
+
+
+def _ours(process: psutil.Process, sessions: set[int], temp_dir: str) -> bool:
+    try:
+        if os.getsid(process.pid) in sessions:
+            return True
+        return process.cwd().startswith(temp_dir) or any(
+            temp_dir in part for part in process.cmdline()
+        )
+    except (psutil.Error, OSError):
+        return False
+
+
+def _stop(nodes: list[subprocess.Popen[bytes]], temp_dir: Path) -> None:
+    for node in reversed(nodes):  # worker first, then head
+        node.send_signal(signal.SIGTERM)
+    for node in nodes:
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+    sessions = {node.pid for node in nodes}  # start_new_session: each is its session's leader
+    left = [p for p in psutil.process_iter() if _ours(p, sessions, str(temp_dir))]
+    for process in left:
+        process.kill()
+    psutil.wait_procs(left, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("multinode")
+    token = secrets.token_hex(32)
+    token_file = root / "auth_token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "GROKSCHEDULE_"))}
+    env |= {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_file),
+        "GROKSCHEDULE_STORAGE_PATH": str(root / "runs"),
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    }
+    # Not under root: Ray's socket paths inside it would pass the 107-byte AF_UNIX limit. One
+    # temp dir per node, as on separate machines: nodes sharing one also share the session's
+    # runtime_resources, and the worker's runtime-env agent then deletes the job's working dir.
+    temp_dir = Path(tempfile.mkdtemp(prefix="gs-ray-"))
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs, dashboard = f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}"
+    common = ["--block", "--node-ip-address=127.0.0.1"]
+    nodes: list[subprocess.Popen[bytes]] = []
+
+    def start(args: list[str], name: str) -> subprocess.Popen[bytes]:
+        node_dir = f"--temp-dir={temp_dir / name}"
+        with open(root / f"{name}.log", "wb") as out:
+            node = subprocess.Popen(
+                [str(BIN / "ray"), "start", *common, node_dir, *args, *_node_ports()],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        nodes.append(node)
+        return node
+
+    try:
+        head = start(
+            [
+                "--head",
+                f"--port={gcs_port}",
+                "--num-cpus=1",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}",
+                f"--ray-client-server-port={_free_port()}",
+            ],
+            "head",
+        )
+        _wait_for_nodes(dashboard, token, 1, head)
+        worker = start(
+            [f"--address={gcs}", "--num-cpus=2", '--resources={"gpu_node": 2}'], "worker"
+        )
+        _wait_for_nodes(dashboard, token, 2, worker)
+        worker_node_id = next(
+            n["node_id"]
+            for n in _alive_nodes(dashboard, token)
+            if "gpu_node" in n["resources_total"]
+        )
+        yield Cluster(gcs, dashboard, env, token, worker_node_id, root / "runs")
+    finally:
+        _stop(nodes, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_token_auth_is_on(cluster: Cluster) -> None:
+    jobs = f"{cluster.dashboard}/api/jobs/"
+    for token, status in ((None, 401), (secrets.token_hex(32), 403)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(jobs, token)
+        assert refused.value.code == status
+    assert _get(jobs, cluster.token) == []
+
+
+def test_resources_no_node_has_fail_before_tune(cluster: Cluster, tmp_path: Path) -> None:
+    spec = yaml.safe_load((REPO / SPEC).read_text())
+    spec["resources"] = {"CPU": 1, "gpu_node": 3}
+    path = tmp_path / "too-big.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = cluster.env | {"RAY_ADDRESS": cluster.gcs, "GROKSCHEDULE_STORAGE_PATH": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, "-m", "grokschedule.sweep", str(path), "--dry-run"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "joined a cluster of 2 node(s)" in run.stdout
+    assert "resources: no node can host {CPU: 1, gpu_node: 3}" in run.stderr
+    assert "{CPU: 2, gpu_node: 2}" in run.stderr  # names what the nodes do have
+
+
+def test_submitted_sweep_runs_its_trials_on_the_gpu_node(cluster: Cluster) -> None:
+    runs = cluster.runs
+    submit = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard]
+    entrypoint = ["python", "-m", "grokschedule.sweep", SPEC]
+    job = subprocess.run(
+        [*submit, "--working-dir", str(REPO), "--", *entrypoint],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    logs = job.stdout + job.stderr
+    assert job.returncode == 0, logs[-6000:]
+    assert "joined a cluster of 2 node(s)" in logs  # the driver joined the job's cluster
+    assert "=== grokschedule sweep: summary ===" in logs
+
+    # Each trial reported its process id; Ray's actor table says which node that process was on.
+    experiment = runs / "ray_results" / "grokschedule-multinode-test"
+    trials = {}
+    for result_file in experiment.glob("*/result.json"):
+        last = json.loads(result_file.read_text().splitlines()[-1])
+        trials[last["trial_id"]] = last["pid"]
+    assert len(trials) == 2
+    deadline = time.monotonic() + 30
+    while True:  # the state API may lag the actor table under load
+        actors = _state(cluster.dashboard, cluster.token, "actors", class_name="ImplicitFunc")
+        node_of_pid = {actor["pid"]: actor["node_id"] for actor in actors}
+        if set(trials.values()) <= set(node_of_pid) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {node_of_pid.get(pid) for pid in trials.values()} == {cluster.worker_node_id}
+
+    # MLflow (sqlite under the storage path) holds one run per trial.
+    client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    mlflow_experiment = client.get_experiment_by_name("grokschedule-multinode-test")
+    assert mlflow_experiment is not None
+    trial_runs = [
+        run
+        for run in client.search_runs([mlflow_experiment.experiment_id])
+        if "trial_name" in run.data.tags
+    ]
+    assert len(trial_runs) == 2
+    for trial_id in trials:
+        run = next(r for r in trial_runs if trial_id in r.data.tags["trial_name"])
+        assert "val_acc" in run.data.metrics
+        assert run.data.params["weight_decay"] in ("0.0", "1.0")
