@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the local demo sweep (Ray + MLflow on sqlite)")
     demo.add_argument("--root", type=Path, default=Path("grokschedule_runs"))
     demo.add_argument("--quick", action="store_true", help="4 trials instead of 12")
+    report = commands.add_parser("report", help="a sweep's summary from MLflow or its journal")
+    report.add_argument("args", nargs=argparse.REMAINDER, help="--experiment NAME [...]")
     sweep = commands.add_parser(
         "sweep", help="run a sweep from a YAML spec (locally or on a cluster)"
     )
@@ -29,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "report":
+        from grokschedule.tracking.report import report_main
+
+        return report_main(args.args)
     if args.command == "sweep":
         from grokschedule.sweep import sweep_main
 

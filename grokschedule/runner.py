@@ -67,8 +67,13 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     callbacks = [
         GrokCallback(scheduler),
         GrokConsoleReporter(scheduler, interval_s=settings.console_interval_s),
+        # Also opens and closes the sweep's parent run with its totals; journal under root.
         GrokMLflowLoggerCallback(
-            scheduler, tracking_uri=tracking_uri, experiment_name=settings.experiment
+            scheduler,
+            tracking_uri=tracking_uri,
+            experiment_name=settings.experiment,
+            search_space=settings.param_space,
+            spool_dir=root / "mlflow_spool",
         ),
     ]
     resources = settings.resources

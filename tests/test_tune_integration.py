@@ -78,7 +78,9 @@ def test_sweep_keeps_the_grokker_and_stops_the_memorizer(local_ray, tmp_path: Pa
     # MLflow holds one run per trial, with params, step-indexed metrics, tags and the log.
     client = mlflow.MlflowClient(outcome.tracking_uri)
     experiment = client.get_experiment_by_name("integration")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`grok.role` = 'trial'"
+    )
     assert len(runs) == 2
     for run in runs:
         assert run.data.params["weight_decay"] in {"0.0", "1.0"}

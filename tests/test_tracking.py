@@ -1,0 +1,288 @@
+"""SweepLogger, the journal and the report against real MLflow stores, without Ray or a server:
+recorded curves go through the real GrokPolicy (with kicks) into an sqlite store, into an
+unreachable server, and back out through ``grokschedule report``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow_helpers import free_port, log_recorded_sweep
+
+from grokschedule.runner import ensure_experiment, local_tracking_uri
+from grokschedule.tracking import names
+from grokschedule.tracking.report import SweepReport, render, report_main, sync
+from grokschedule.tracking.spool import RECORDS, REJECTED
+from grokschedule.tracking.sweep import SweepLogger
+from grokschedule.tracking.timeline import judge, kick_effects, timeline_markdown
+from grokschedule.tracking.views import mlflow_view, spool_view
+
+CURVES = ["grokker_p47_wd1", "memorizer_p47_wd0", "nogrok_p47_wd01"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _logger(
+    root: Path, uri: str, experiment: str = "tracking-test", **options: float
+) -> SweepLogger:
+    return SweepLogger(
+        root / "spool",
+        uri,
+        experiment,
+        "sweep1",
+        metric="val_acc",
+        threshold=0.95,
+        max_t=3000,
+        max_extension=1500,
+        **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One sqlite store for the module (creating its tables takes seconds); one experiment
+    per test."""
+    root = tmp_path_factory.mktemp("sqlite")
+    return root, local_tracking_uri(root)
+
+
+def _experiment(store: tuple[Path, str], name: str) -> str:
+    root, uri = store
+    ensure_experiment(uri, name, root / "mlartifacts" / name)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def logged(store: tuple[Path, str]) -> tuple[Path, str, dict[str, int]]:
+    """One sweep of three recorded curves, with kicks, logged to the sqlite store."""
+    root = store[0]
+    uri = _experiment(store, "tracking-test")
+    logger = _logger(root, uri)
+    counts = log_recorded_sweep(logger, CURVES, kicks=True)
+    assert logger.end_sweep() is True
+    return root, uri, counts
+
+
+def test_parent_and_nested_trial_runs(logged: tuple[Path, str, dict[str, int]]) -> None:
+    root, uri, counts = logged
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tracking-test")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags[names.ROLE] == "sweep"]
+    trials = {r.info.run_name: r for r in runs if r.data.tags[names.ROLE] == "trial"}
+    assert sorted(trials) == sorted(CURVES)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["scheduler.max_t"] == "3000"
+    assert parent.data.params["search_space.curve"].startswith("grid_search(")
+    totals = parent.data.metrics
+    assert (totals["sweep/trials"], totals["sweep/grokked"], totals["sweep/stopped"]) == (3, 1, 2)
+    assert totals["sweep/steps_fifo"] == 9000
+    assert totals["sweep/steps_used"] == 1650 + 1150 + 1650
+    assert totals["sweep/kicks"] == 2
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {names.OVERVIEW_PNG, names.SUMMARY_MD, names.SUMMARY_HTML} <= parent_files
+
+    for name, run in trials.items():
+        tags = run.data.tags
+        assert tags[names.PARENT_RUN_ID] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert tags[names.VERDICT].startswith("STOP: ")
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in history] == [50 * (i + 1) for i in range(counts[name])]
+        assert len(client.get_metric_history(run.info.run_id, "scheduler/score")) == counts[name]
+        assert client.get_metric_history(run.info.run_id, "scheduler/progress")
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {names.CURVES_PNG, names.TIMELINE_MD, names.TIMELINE_HTML} <= files
+        png = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id,
+            artifact_path=names.CURVES_PNG,
+            dst_path=str(root / name),
+            tracking_uri=uri,
+        )
+        assert Path(png).read_bytes().startswith(PNG)
+
+    grokker, memorizer = trials["grokker_p47_wd1"].data.tags, trials["memorizer_p47_wd0"].data.tags
+    assert grokker[names.OUTCOME] == "grokked at step 1650"
+    assert (grokker[names.FINAL_PHASE], grokker[names.GROK_STEP]) == ("grokked", "1650")
+    assert memorizer[names.OUTCOME] == "stopped at step 1150: never-grok"
+    assert (memorizer[names.KICKS], memorizer[names.ROLLBACKS]) == ("1", "0")
+    timeline = mlflow.artifacts.load_text(
+        f"{trials['memorizer_p47_wd0'].info.artifact_uri}/{names.TIMELINE_MD}"
+    )
+    assert "| step | decision | phase | reason | signals | kick | rollback |" in timeline
+    assert "| 900 | KICK | plateau |" in timeline
+    assert "weight_decay factor=3 for 600 steps" in timeline
+
+
+def test_report_reads_mlflow_and_the_spool_alike(
+    logged: tuple[Path, str, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, uri, _ = logged
+    assert report_main(["--experiment", "tracking-test", "--tracking-uri", uri]) == 0
+    from_mlflow = capsys.readouterr().out
+    assert report_main(["--spool", str(root / "spool")]) == 0
+    from_spool = capsys.readouterr().out
+    assert "3 trials: 1 grokked, 2 stopped (2 kicks); 4,450 steps used vs 9,000" in from_mlflow
+    assert "  grokker_p47_wd1: grokked at step 1650" in from_mlflow
+    assert "  memorizer_p47_wd0: stopped at step 1150: never-grok" in from_mlflow
+    assert (
+        "  memorizer_p47_wd0 at step 900: weight_decay factor=3 for 600 steps -> no transition "
+        "evidence before the stop at step 1150 (never-grok)"
+    ) in from_mlflow
+    # Same account from either source, apart from where it was read.
+    assert from_mlflow.splitlines()[2:] == from_spool.splitlines()[2:]
+
+    out = tmp_path / "report.html"
+    args = ["--experiment", "tracking-test", "--tracking-uri", uri, "--format", "html"]
+    assert report_main([*args, "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 1 + len(CURVES)  # overview + each trial
+    assert "<th>kick</th>" in page
+    assert report_main([*args[:4], "--format", "markdown"]) == 0
+    assert "| grokker_p47_wd1 | grokked at step 1650 | 1650 | 1650 |" in capsys.readouterr().out
+    assert report_main(["--experiment", "nope", "--tracking-uri", uri]) == 2
+
+
+def test_unreachable_mlflow_costs_nothing_loses_nothing(
+    store: tuple[Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that is not there: logging stays instant, one warning, the journal keeps it
+    all, ``report --spool`` reads it, and ``sync`` delivers it once a store is reachable."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    caplog.set_level(logging.WARNING, logger="grokschedule.tracking")
+    logger = _logger(tmp_path, dead, "unreachable", close_timeout_s=3)
+    started = time.monotonic()
+    counts = log_recorded_sweep(logger, CURVES[:2])
+    logging_s = time.monotonic() - started  # plots run in the background
+    assert logger.end_sweep() is False
+    assert logging_s < 5.0, logging_s
+    warnings = [r.getMessage() for r in caplog.records if "is unreachable" in r.getMessage()]
+    assert warnings == [
+        f"MLflow at {dead} is unreachable (connection refused). Training goes on; records are "
+        f"kept in {tmp_path / 'spool' / 'sweep1'} and sent when it is back."
+    ]
+    assert any("still unreachable" in r.getMessage() for r in caplog.records)
+
+    started = time.monotonic()
+    assert report_main(["--experiment", "unreachable", "--tracking-uri", dead]) == 2
+    assert time.monotonic() - started < 30
+
+    directory = tmp_path / "spool" / "sweep1"
+    report = SweepReport.from_view(spool_view(directory))
+    assert [t.outcome for t in report.trials] == [
+        "grokked at step 1650",
+        "stopped at step 1150: never-grok",
+    ]
+
+    uri = _experiment(store, "unreachable")
+    assert sync(directory, uri) is True
+    assert not (directory / REJECTED).exists()
+    view = mlflow_view(uri, "unreachable")
+    assert {t.name: len(t.history("val_acc")) for t in view.trials} == counts
+    assert (
+        render(SweepReport.from_view(view), "text").splitlines()[2:]
+        == render(report, "text").splitlines()[2:]
+    )
+
+
+def test_a_restarted_driver_continues_the_same_runs(
+    store: tuple[Path, str], tmp_path: Path
+) -> None:
+    uri = _experiment(store, "restart")
+    first = _logger(tmp_path, uri, "restart")
+    first.start_sweep("resumed sweep", {}, {})
+    first.start_trial("t1", "t1", {"lr": 0.1})
+    first.log_result("t1", 50, {"val_acc": 0.1, "train_loss": 1.0})
+    first.close()  # the driver dies here; Tune restores and the same sweep id comes back
+    second = _logger(tmp_path, uri, "restart")
+    second.start_sweep("resumed sweep", {}, {})
+    second.start_trial("t1", "t1", {"lr": 0.1})
+    second.log_result("t1", 100, {"val_acc": 0.2, "train_loss": 0.5})
+    second.end_trial("t1", "t1", [])
+    assert second.end_sweep()
+    view = mlflow_view(uri, "restart")
+    (trial,) = view.trials
+    assert trial.history("val_acc") == [(50, 0.1), (100, 0.2)]
+    assert trial.tags[names.STEPS_USED] == "100"
+    records = [json.loads(line) for line in (tmp_path / "spool" / "sweep1" / RECORDS).open()]
+    assert sum(r["op"] == "create_run" for r in records) == 2  # parent + t1, once each
+
+
+def test_credentials_come_from_the_environment_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_USERNAME"):
+        _logger(tmp_path, "http://alice:s3cret@127.0.0.1:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-in-env")
+    logger = _logger(tmp_path, f"http://127.0.0.1:{free_port()}", close_timeout_s=0)
+    log_recorded_sweep(logger, CURVES[:1])
+    logger.end_sweep()
+    journal = b"".join(p.read_bytes() for p in (tmp_path / "spool").rglob("*") if p.is_file())
+    assert b"s3cret-in-env" not in journal
+
+
+def test_verdicts_and_kick_effects() -> None:
+    def decision(step: float, kind: str, phase: str, reason: str = "", **extra: object) -> dict:
+        return {
+            "step": step,
+            "kind": kind,
+            "phase": phase,
+            "reason": reason,
+            "signals": {},
+            **extra,
+        }
+
+    lr_kick = {"kind": "lr_multiply", "params": {"factor": 3.0}, "duration_steps": 300}
+    kick = {"type": "kick", "kick": lr_kick}
+    log = [
+        decision(100, "CONTINUE", "plateau"),
+        decision(900, "KICK", "plateau", "kick lr", command=kick),
+        decision(1000, "ROLLBACK", "plateau", "rollback: train_loss rose 40%"),
+        decision(1200, "KICK", "plateau", "kick lr", command=kick),
+        decision(1500, "CONTINUE", "transition"),
+        decision(3400, "EXTEND", "transition"),
+        decision(3600, "STOP", "grokked", "grokked at step 3600: val_acc reached 0.95"),
+    ]
+    verdict = judge(log, 3600, max_t=3000)
+    assert verdict.outcome == "grokked at step 3600 (extended by 600 steps past max_t)"
+    assert (verdict.kicks, verdict.rollbacks, verdict.category) == (2, 1, "grokked")
+    assert [(e.kick, e.effect) for e in kick_effects(log)] == [
+        ("lr_multiply factor=3 for 300 steps", "rolled back at step 1000: train_loss rose 40%"),
+        ("lr_multiply factor=3 for 300 steps", "transition at step 1500"),
+    ]
+    assert "| 1000 | ROLLBACK | plateau | rollback: train_loss rose 40% |" in timeline_markdown(
+        "t", verdict, log
+    )
+    failed = judge(log[:2], 950, max_t=3000, error="RuntimeError: CUDA out of memory")
+    assert failed.outcome == "failed at step 950: RuntimeError: CUDA out of memory"
+    ended = judge([decision(400, "CONTINUE", "plateau")], 400, max_t=3000)
+    assert (ended.category, ended.outcome) == ("ended", "ended at step 400 in plateau")
+
+
+def test_a_refused_record_is_set_aside_without_blocking_the_rest(
+    store: tuple[Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MLflow refuses to change a logged param (as a kick changing ``lr`` in a trial's config
+    would): that record goes to rejected.jsonl with the error; the records after it arrive."""
+    caplog.set_level(logging.WARNING, logger="grokschedule.tracking")
+    uri = _experiment(store, "refusal")
+    logger = _logger(tmp_path, uri, "refusal")
+    logger.start_sweep("refusals", {}, {})
+    logger.start_trial("t1", "t1", {"lr": 0.1})
+    logger.spool.append({"op": "params", "key": "t1", "params": {"lr": "0.3"}})
+    logger.log_result("t1", 50, {"val_acc": 0.5})
+    logger.end_trial("t1", "t1", [])
+    assert logger.end_sweep()
+    (rejected,) = [json.loads(line) for line in (logger.directory / REJECTED).open()]
+    assert rejected["record"]["params"] == {"lr": "0.3"}
+    assert "INVALID_PARAMETER_VALUE" in rejected["error"] or "lr" in rejected["error"]
+    (trial,) = mlflow_view(uri, "refusal").trials
+    assert trial.params["lr"] == "0.1"
+    assert trial.history("val_acc") == [(50, 0.5)]
+    assert trial.tags[names.STEPS_USED] == "50"
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 2  # when it happened, and the count at the end

@@ -1,0 +1,191 @@
+"""Real Ray Tune sweeps (replayed recorded curves) logging to a real ``mlflow server``: what a
+reviewer finds there, and a server stopped mid-sweep and restarted without losing anything."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+from mlflow_helpers import CURVES, MlflowServer
+from ray import tune
+
+from grokschedule.bench.replay import replay_trainable
+from grokschedule.runner import SweepSettings, run_sweep
+from grokschedule.tracking import names
+from grokschedule.tracking.report import report_main
+from grokschedule.tracking.spool import CURSOR, RECORDS, REJECTED, read_records
+from tune_plugins import GrokCallback, GrokMLflowLoggerCallback, GrokScheduler
+
+pytestmark = pytest.mark.slow
+TRIALS = ["grokker_p47_wd1", "memorizer_p47_wd0", "delayed_grokker_p47_small"]
+OUTCOMES = {
+    "grokker_p47_wd1": "grokked at step 1650",
+    "memorizer_p47_wd0": "stopped at step 1150: never-grok",
+    "delayed_grokker_p47_small": "grokked at step 2400 (extended by 400 steps past max_t)",
+}
+SCHEDULER = {
+    "metric": "val_acc",
+    "mode": "max",
+    "time_attr": "step",
+    "max_t": 2000,
+    "max_extension": 1000,
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_reviewer_finds_the_sweep_in_mlflow(
+    server: MlflowServer, local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = run_sweep(
+        SweepSettings(
+            param_space={"curve_file": str(CURVES), "curve": tune.grid_search(TRIALS)},
+            scheduler=SCHEDULER,
+            trainable=replay_trainable,
+            root=tmp_path,
+            experiment="server-sweep",
+            tracking_uri=server.uri,
+            console_interval_s=1e6,
+        )
+    )
+    steps = {r.config["curve"]: list(r.metrics_dataframe["step"]) for r in outcome.results}
+    client = mlflow.MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("server-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags[names.ROLE] == "sweep"]
+    trials = {r.data.params["curve"]: r for r in runs if r.data.tags[names.ROLE] == "trial"}
+    assert sorted(trials) == sorted(TRIALS)
+
+    assert parent.info.status == "FINISHED"
+    params = parent.data.params
+    assert (params["scheduler.max_t"], params["scheduler.metric"]) == ("2000", "val_acc")
+    assert params["search_space.curve"] == f"grid_search({TRIALS})"
+    metrics = parent.data.metrics
+    assert (metrics["sweep/trials"], metrics["sweep/grokked"], metrics["sweep/stopped"]) == (
+        3,
+        2,
+        1,
+    )
+    assert metrics["sweep/steps_used"] == 1650 + 1150 + 2400
+    assert metrics["sweep/steps_fifo"] == 6000
+    assert parent.data.tags[names.SUMMARY].startswith("3 trials: 2 grokked, 1 stopped")
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {names.OVERVIEW_PNG, names.SUMMARY_MD, names.SUMMARY_HTML} <= parent_files
+
+    for curve, run in trials.items():
+        tags = run.data.tags
+        assert tags[names.PARENT_RUN_ID] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert tags["trial_name"].startswith("replay_trainable_")
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in history] == steps[curve]
+        assert len(client.get_metric_history(run.info.run_id, "scheduler/score")) == len(
+            steps[curve]
+        )
+        assert (tags[names.KICKS], tags[names.ROLLBACKS]) == ("0", "0")
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {names.CURVES_PNG, names.TIMELINE_MD, names.TIMELINE_HTML, "grok"} <= files
+        local = client.download_artifacts(run.info.run_id, names.DECISIONS_JSON, str(tmp_path))
+        decisions = json.loads(Path(local).read_text())
+        assert decisions[-1]["kind"] == "STOP" and decisions[-1]["signals"]
+    assert {curve: run.data.tags[names.OUTCOME] for curve, run in trials.items()} == OUTCOMES
+    assert trials["memorizer_p47_wd0"].data.tags[names.FINAL_PHASE] == "stalled"
+
+    capsys.readouterr()
+    assert report_main(["--experiment", "server-sweep", "--tracking-uri", server.uri]) == 0
+    text = capsys.readouterr().out
+    assert "3 trials: 2 grokked, 1 stopped (1 extended); 5,200 steps used vs 6,000" in text
+    assert "curve=memorizer_p47_wd0: stopped at step 1150: never-grok" in text
+
+
+def test_mlflow_stopped_mid_sweep_loses_nothing(
+    server: MlflowServer, local_ray: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server goes away once the trials are running and comes back only after they have
+    all finished: training never waits for it, one warning says so, and everything arrives."""
+    caplog.set_level(logging.WARNING, logger="grokschedule.tracking")
+    spool = tmp_path / "spool"
+    scheduler = GrokScheduler(**SCHEDULER)
+    tracker = GrokMLflowLoggerCallback(
+        scheduler,
+        tracking_uri=server.uri,
+        experiment_name="fault-sweep",
+        spool_dir=spool,
+        close_timeout_s=120,
+    )
+    journal = spool / tracker.sweep_id
+    outage: dict[str, float] = {}
+
+    def stop_then_restart() -> None:
+        def count(op: str) -> int:
+            return sum(r["op"] == op for r in read_records(journal))
+
+        while not (journal / CURSOR).exists():  # something reached the server: stop it
+            time.sleep(0.05)
+        server.stop()
+        outage["stopped"] = time.time()
+        while count("end_run") < len(TRIALS):  # every trial ends while it is down
+            time.sleep(0.2)
+        outage["restarting"] = time.time()
+        server.start()
+
+    injector = threading.Thread(target=stop_then_restart)
+    injector.start()
+    tuner = tune.Tuner(
+        replay_trainable,
+        param_space={"curve_file": str(CURVES), "curve": tune.grid_search(TRIALS), "delay_s": 0.05},
+        tune_config=tune.TuneConfig(scheduler=scheduler),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "ray"),
+            callbacks=[GrokCallback(scheduler), tracker],
+            verbose=0,
+        ),
+    )
+    results = tuner.fit()
+    injector.join(timeout=180)
+
+    # Training went on during the outage: every trial's last result predates the restart.
+    last_results = [r.metrics["timestamp"] for r in results]
+    assert outage["stopped"] < max(last_results) < outage["restarting"]
+    unreachable = [
+        r for r in caplog.records if "is unreachable (connection refused)" in r.getMessage()
+    ]
+    assert len(unreachable) == 1
+    # Nothing lost: the journal is fully delivered, nothing refused, every result in MLflow.
+    cursor = json.loads((journal / CURSOR).read_text())
+    assert cursor["offset"] == (journal / RECORDS).stat().st_size
+    assert not (journal / REJECTED).exists()
+    client = mlflow.MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("fault-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 + len(TRIALS)
+    for result in results:
+        run_id = cursor["runs"][result.metrics["trial_id"]]
+        history = client.get_metric_history(run_id, "val_acc")
+        assert [m.step for m in history] == list(result.metrics_dataframe["step"])
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[names.OUTCOME] == OUTCOMES[result.config["curve"]]
+        assert names.CURVES_PNG in {a.path for a in client.list_artifacts(run_id)}
+    parent = client.get_run(cursor["runs"][names.PARENT_KEY])
+    assert parent.data.metrics["sweep/trials"] == len(TRIALS)
+    assert parent.info.status == "FINISHED"
