@@ -1,13 +1,18 @@
-"""The ``grokschedule`` command line."""
+"""The ``grokschedule`` command line: ``demo``, ``sweep``, ``report`` and ``bench``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-# `grokschedule bench NAME ARGS...` hands ARGS to the benchmark's own argument parser.
+# Subcommands with their own argument parser get the rest of the command line untouched.
+DELEGATES = {
+    "sweep": "grokschedule.sweep:sweep_main",
+    "report": "grokschedule.tracking.report:report_main",
+}
 BENCHMARKS = {
     "bank": "grokschedule.bench.bank:bank_main",
     "load": "grokschedule.bench.load:load_bench_main",
@@ -15,38 +20,33 @@ BENCHMARKS = {
 }
 
 
+def _load(target: str) -> Callable[[list[str]], int]:
+    module, function = target.split(":")
+    entry: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATES:
+        return int(_load(DELEGATES[argv[0]])(argv[1:]))
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in BENCHMARKS:
+        return int(_load(BENCHMARKS[argv[1]])(argv[2:]))
     parser = argparse.ArgumentParser(prog="grokschedule", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the local demo sweep (Ray + MLflow on sqlite)")
     demo.add_argument("--root", type=Path, default=Path("grokschedule_runs"))
     demo.add_argument("--quick", action="store_true", help="4 trials instead of 12")
-    report = commands.add_parser("report", help="a sweep's summary from MLflow or its journal")
-    report.add_argument("args", nargs=argparse.REMAINDER, help="--experiment NAME [...]")
-    sweep = commands.add_parser(
-        "sweep", help="run a sweep from a YAML spec (locally or on a cluster)"
-    )
-    sweep.add_argument("args", nargs=argparse.REMAINDER, help="SPEC.yaml [--dry-run] [--address]")
+    commands.add_parser("sweep", help="run a sweep from a YAML spec: sweep SPEC.yaml [--dry-run]")
+    commands.add_parser("report", help="a sweep's summary from MLflow: report --experiment NAME")
     bench = commands.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
-    bench.add_argument("name", choices=sorted(BENCHMARKS))
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "report":
-        from grokschedule.tracking.report import report_main
-
-        return report_main(args.args)
-    if args.command == "sweep":
-        from grokschedule.sweep import sweep_main
-
-        return sweep_main(args.args)
-    if args.command == "bench":
-        module, function = BENCHMARKS[args.name].split(":")
-        return int(getattr(importlib.import_module(module), function)(args.args))
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="then that benchmark's options")
+    args = parser.parse_args(argv)
     if args.command == "demo":
         from grokschedule.demo import run_demo
 
         return run_demo(args.root, args.quick)
-    parser.error(f"unknown command {args.command}")
+    parser.error(f"{args.command} needs arguments; see {args.command} --help")
     return 2
 
 
