@@ -1,0 +1,220 @@
+"""DeepSpeedRun on a real DeepSpeed engine in this process (gloo, one rank): kicks in place,
+the SGD switch by rebuild, checkpoints, and metrics that are exact under ZeRO-3."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from grokschedule.kicks import Kick
+from grokschedule.trainer.config import TrainerConfig
+from grokschedule.trainer.engine import DeepSpeedRun, SetAdapterRank
+from grokschedule.trainer.task import ModularDeepSpeedTask
+
+pytestmark = pytest.mark.slow
+
+TASK = {"p": 23, "embed_dim": 32, "hidden_dim": 64, "train_fraction": 0.5}
+
+
+@pytest.fixture(scope="module")
+def process_group() -> Iterator[None]:
+    """A one-rank gloo group, as Ray Train would have set up on a worker."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+                           "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():  # fmt: skip
+            env.setenv(key, value)
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        yield
+        dist.destroy_process_group()
+
+
+def make_run(**overrides: object) -> DeepSpeedRun:
+    values = {"num_workers": 1, "batch_size": 32, "micro_batch_size": 16, "lr": 3e-3, **overrides}
+    config = TrainerConfig.from_mapping({**TASK, **values})
+    return DeepSpeedRun(config, ModularDeepSpeedTask(TASK), torch.device("cpu"))
+
+
+def train(run: DeepSpeedRun, steps: int) -> list:
+    records = []
+    for _ in range(steps):
+        run.train_step()
+        records += run.after_step()
+    return records
+
+
+def adam_moments(run: DeepSpeedRun) -> list[torch.Tensor]:
+    optimizer = run.engine.optimizer
+    inner = getattr(optimizer, "optimizer", optimizer)  # ZeRO wraps torch's AdamW
+    return [state["exp_avg"].clone() for state in inner.state.values()]
+
+
+@pytest.mark.parametrize(("stage", "precision"), [(0, "fp32"), (2, "bf16"), (3, "fp32")])
+def test_kicks_apply_in_place_and_the_sgd_switch_keeps_adamw_state(
+    process_group: None, tmp_path: Path, stage: int, precision: str
+) -> None:
+    run = make_run(zero_stage=stage, precision=precision)
+    train(run, 3)
+    builds = run.engine_builds
+
+    record = run.apply_kick(Kick("lr_multiply", {"factor": 0.5}, duration_steps=2))
+    assert record.changes["lr"] == ((3e-3,), (1.5e-3,)) and run.lr == 1.5e-3
+    record = run.apply_kick(Kick("batch_size", {"factor": 2}))
+    assert record.changes["accumulation_steps"] == (2, 4)
+    assert run.engine.train_batch_size() == 64 and run.batch_size == 64
+    reverts = train(run, 2)
+    assert [r.kick.kind for r in reverts] == ["lr_multiply"] and run.lr == 3e-3
+    assert run.engine_builds == builds  # lr and batch size changed without a new engine
+
+    moments, norm = adam_moments(run), run.weight_norm()
+    record = run.apply_kick(Kick("sgd_switch", {"lr": 1e-2, "momentum": 0.5}, duration_steps=2))
+    assert record.changes["optimizer"] == ("adamw", "sgd") and run.lr == 1e-2
+    assert run.weight_norm() == norm  # same weights, new optimizer
+    assert not run.can_checkpoint
+    reverts = train(run, 2)
+    assert reverts[0].changes["optimizer"] == ("sgd", "adamw") and run.lr == 3e-3
+    assert run.engine_builds == builds + 2 and run.weight_norm() != norm
+    assert all(torch.equal(a, b) for a, b in zip(moments, adam_moments(run), strict=True))
+    assert run.engine.gradient_accumulation_steps() == 4  # the batch kick survived the rebuilds
+
+    run.save(tmp_path)
+    restored = DeepSpeedRun.restore(run.config, run.task, run.device, tmp_path)
+    assert (restored.step, restored.batch_size, restored.lr) == (run.step, 64, 3e-3)
+    assert restored.weight_norm() == run.weight_norm()
+    assert restored.evaluate("val") == run.evaluate("val")
+    train(run, 1)
+    train(restored, 1)  # same batches, same optimizer state: the same next step
+    assert restored.weight_norm() == pytest.approx(run.weight_norm(), rel=1e-6)
+
+
+def test_metrics_are_exact_over_the_whole_split_and_under_zero3(process_group: None) -> None:
+    plain = make_run(zero_stage=0)
+    sharded = make_run(zero_stage=3, eval_batch_size=7)  # chunks that do not divide the split
+    torch.manual_seed(0)
+    model = ModularDeepSpeedTask(TASK).build_model()
+    expected = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in model.parameters()))
+    assert plain.weight_norm() == pytest.approx(expected, rel=1e-6)
+    assert sharded.weight_norm() == pytest.approx(expected, rel=1e-6)
+
+    x, y = plain.task.eval_splits()["val"]
+    with torch.no_grad():
+        logits = model(x)
+    full = torch.nn.functional.cross_entropy(logits, y)
+    for run in (plain, sharded):
+        result = run.evaluate("val")
+        assert result["loss"] == pytest.approx(float(full), rel=1e-5)
+        assert result["acc"] == pytest.approx(float((logits.argmax(-1) == y).float().mean()))
+
+
+def test_activation_checkpointing_recomputes_the_same_step(process_group: None) -> None:
+    stored, recomputed = (
+        make_run(zero_stage=2),
+        make_run(zero_stage=2, activation_checkpointing=True),
+    )
+    train(stored, 2)
+    train(recomputed, 2)
+    assert recomputed.weight_norm() == pytest.approx(stored.weight_norm(), rel=1e-6)
+
+
+def test_kicks_that_need_whole_gradients_are_refused(process_group: None) -> None:
+    run = make_run(zero_stage=1)
+    with pytest.raises(ValueError, match="'grokfast' cannot be applied to a DeepSpeed engine"):
+        run.apply_kick(Kick("grokfast"))
+
+
+def test_a_model_that_does_not_fit_fails_before_initialize(process_group: None) -> None:
+    with pytest.raises(ValueError, match=r"model does not fit: .* memory_limit_gb is 0.00 GiB"):
+        make_run(memory_limit_gb=1e-5)
+
+
+def lm_run(**overrides: object) -> DeepSpeedRun:
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from grokschedule.trainer.lm_task import LMTask
+
+    values = {
+        "task": "lm",
+        "lm_p": 11,
+        "lm_hidden": 32,
+        "lm_layers": 1,
+        "num_workers": 1,
+        "batch_size": 16,
+        "micro_batch_size": 8,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        **overrides,
+    }
+    config = TrainerConfig.from_mapping(values)
+    return DeepSpeedRun(config, LMTask.from_mapping(values, False), torch.device("cpu"))
+
+
+def test_text_task_targets_only_the_answer() -> None:
+    pytest.importorskip("transformers")
+    from grokschedule.trainer.lm_task import EOS, IGNORE, CharTokenizer, encode_examples
+
+    tokenizer = CharTokenizer()
+    inputs, targets = encode_examples([("7+9=", "5")], 8, tokenizer)
+    assert tokenizer.decode(inputs[0].tolist()) == "7+9=5"
+    answer = targets[0][targets[0] != IGNORE].tolist()
+    assert answer == [*tokenizer.encode("5"), EOS]
+    assert targets[0, 4] == tokenizer.encode("5")[0]  # predicted from the "=" at position 4
+
+
+def test_lora_rank_grows_in_place_of_the_function(process_group: None, tmp_path: Path) -> None:
+    run = lm_run(lm_lora_rank=8, zero_stage=2)
+    train(run, 3)
+    trainable = sum(p.numel() for p in run.engine.module.parameters() if p.requires_grad)
+    before = {split: run.evaluate(split) for split in ("val", "probe")}
+    builds = run.engine_builds
+
+    run.apply(SetAdapterRank(32))
+    grown = sum(p.numel() for p in run.engine.module.parameters() if p.requires_grad)
+    assert grown == 4 * trainable and run.engine_builds == builds + 1
+    for split, result in before.items():  # zero-padded B: the model computes the same function
+        assert run.evaluate(split) == pytest.approx(result, rel=1e-6)
+    train(run, 2)
+    assert math.isfinite(run.meter.reduce()["train_loss"])
+
+    run.save(tmp_path)
+    restored = DeepSpeedRun.restore(run.config, run.task, run.device, tmp_path)
+    assert restored.task.adapter_rank == 32
+    assert restored.evaluate("val") == run.evaluate("val")
+
+
+def test_bench_runs_tiny_and_reports_throughput_and_overhead(process_group: None) -> None:
+    pytest.importorskip("transformers")
+    from grokschedule.trainer.bench import trainer_bench_main
+
+    argv = ["--tiny", "--stages", "2", "--steps", "2", "--monitor-every", "2", "--rounds", "1"]
+    [result] = trainer_bench_main([*argv, "--warmup", "1"])
+    assert result["zero_stage"] == 2 and result["params"] > 0
+    assert result["plain_tokens_per_s"] > 0 and result["monitored_tokens_per_s"] > 0
+    assert math.isfinite(result["monitoring_overhead"]) and result["peak_memory_gib"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_zero2_and_zero3_with_fused_adam_on_gpu(tmp_path: Path) -> None:
+    """FusedAdam's JIT build (TORCH_CUDA_ARCH_LIST=9.0a works), bf16, ZeRO-2/3 on CUDA, in a
+    fresh process so it gets its own NCCL group."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "grokschedule.trainer.bench", "--tiny", "--precision"]
+    command += ["bf16", "--stages", "2", "3", "--steps", "4", "--monitor-every", "2"]
+    env = {**os.environ, "TORCH_CUDA_ARCH_LIST": "9.0a"}
+    subprocess.run([*command, "--out", str(out)], check=True, env=env, timeout=900)
+    results = json.loads(out.read_text())
+    assert [r["zero_stage"] for r in results] == [2, 3]
+    assert all(r["precision"] == "bf16" and r["plain_tokens_per_s"] > 0 for r in results)

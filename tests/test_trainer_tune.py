@@ -1,0 +1,158 @@
+"""The DeepSpeed trainer under Ray Tune with GrokScheduler, on a local 2-CPU Ray cluster:
+two Train V2 workers in one trial (ZeRO-2, gloo), live kicks, checkpoints, release of the
+workers when the scheduler stops the trial, and resuming the stopped run from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchTrainer
+from ray.util.placement_group import placement_group_table
+
+from grokschedule.kicks import Kick
+from grokschedule.trainer.engine import STATE_FILE
+from grokschedule.trainer.loop import ScriptedCommands, train_loop_per_worker
+from grokschedule.trainer.tune import TRAIN_RUN_NAME, make_trainable
+from tune_plugins import GrokScheduler
+
+pytestmark = pytest.mark.slow
+
+SPACE = {
+    "p": 23,
+    "embed_dim": 32,
+    "hidden_dim": 64,
+    "num_workers": 2,
+    "cpus_per_worker": 0.5,  # two workers and the trial fit on two CPUs
+    "zero_stage": 2,
+    "batch_size": 32,
+    "micro_batch_size": 16,
+    "lr": 3e-3,
+    "max_steps": 100,
+    "eval_every": 10,
+    "checkpoint_every": 20,
+    "num_to_keep": 2,
+    "worker_start_timeout_s": 30,
+    "controller_failure_limit": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # The Train controller unpickles ReportLog by module name: put tests/ on its path.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
+    )
+    yield
+    ray.shutdown()
+
+
+class ReportLog(UserCallback):
+    """Appends rank 0's reports to a file: what a Train run reported, outside Tune."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics[0]) + "\n")
+
+
+def wait_for_all_cpus(timeout_s: float) -> float:
+    started = time.monotonic()
+    while ray.available_resources().get("CPU", 0.0) < 2.0:
+        assert time.monotonic() - started < timeout_s, (
+            f"CPUs not released after {timeout_s} s: {ray.available_resources()}, "
+            f"placement groups {placement_group_table()}"
+        )
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    return [run_dir / r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
+
+
+def test_stopped_trial_frees_its_workers_and_its_run_resumes(
+    local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = ScriptedCommands(
+        {
+            10: [Kick("lr_multiply", {"factor": 0.5}, duration_steps=15)],
+            20: [Kick("batch_size", {"factor": 2})],
+        }
+    )
+    trainable = make_trainable(commands=lambda trial_id: script)
+    scheduler = GrokScheduler(
+        metric="val_acc", mode="max", time_attr="step", max_t=40, max_extension=0
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0.01}),
+        param_space=SPACE,
+        tune_config=tune.TuneConfig(scheduler=scheduler),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray_results"), verbose=0),
+    )
+    [result] = tuner.fit()
+
+    # The scheduler saw every report and stopped the trial mid-run, at its budget or earlier.
+    assert result.error is None
+    history = result.metrics_dataframe
+    steps = list(history["step"])
+    assert steps == list(range(10, steps[-1] + 1, 10)) and steps[-1] <= 40
+    contract = ["train_loss", "train_acc", "val_loss", "val_acc", "weight_norm"]
+    assert history[[*contract, "grok/val_correct_prob", "grok/zero_loss_share"]].notna().all().all()
+    assert scheduler.last_decision(result.metrics["trial_id"]).kind.name == "STOP"
+    by_step = history.set_index("step")
+    if 20 in by_step.index:  # kicks applied between steps, on the live engine
+        assert by_step.loc[20, "lr"] == pytest.approx(1.5e-3)
+        assert by_step.loc[20, "batch_size"] == 32
+    if 30 in by_step.index:
+        assert by_step.loc[30, "lr"] == pytest.approx(3e-3)  # window of 15 steps ended at 25
+        assert by_step.loc[30, "batch_size"] == 64
+
+    # Stopping the trial released its two workers: all CPUs come back, no group is left.
+    released_s = wait_for_all_cpus(timeout_s=20)
+    assert all(g["state"] == "REMOVED" for g in placement_group_table().values()), released_s
+
+    # The trial's Train run keeps its last num_to_keep DeepSpeed checkpoints (Train's record;
+    # a checkpoint uploaded by the workers while the trial was being stopped is not in it).
+    run_dir = Path(result.path) / TRAIN_RUN_NAME
+    kept = checkpoint_dirs(run_dir)
+    assert len(kept) == 2 and all(d.is_dir() for d in kept)
+    saved = json.loads((kept[-1] / STATE_FILE).read_text())
+    assert saved["step"] >= 20 and (kept[-1] / "checkpoint").is_dir()
+
+    # ...and the same RunConfig (what a Tune retry or Tuner.restore builds) resumes it from the
+    # latest one, on the CPUs the stopped trial gave back, with the batch kick still in force.
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
+    log = tmp_path / "reports.jsonl"
+    end = saved["step"] + 20
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**SPACE, "max_steps": end},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(
+            name=TRAIN_RUN_NAME,
+            storage_path=str(result.path),
+            callbacks=[ReportLog(log)],
+            failure_config=FailureConfig(controller_failure_limit=0),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    resumed = trainer.fit()
+    reports = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in reports] == [saved["step"] + 10, end]
+    assert all(r["batch_size"] == 64 for r in reports)
+    assert json.loads((Path(resumed.checkpoint.path) / STATE_FILE).read_text())["step"] == end
+    assert len(checkpoint_dirs(run_dir)) == 2
+    wait_for_all_cpus(timeout_s=20)
