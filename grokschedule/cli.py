@@ -15,6 +15,7 @@ DELEGATES = {
 }
 BENCHMARKS = {
     "bank": "grokschedule.bench.bank:bank_main",
+    "interventions": "grokschedule.bench.interventions:interventions_bench_main",
     "load": "grokschedule.bench.load:load_bench_main",
     "replay": "grokschedule.bench.replay_bench:replay_bench_main",
 }

@@ -6,6 +6,7 @@ decision and maps that decision back to Tune. All the reasoning lives in ``groks
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from grokschedule.control import ControlChannel
 from grokschedule.kick_policy import KickConfig
 from grokschedule.phases import Observation
 from grokschedule.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
@@ -22,8 +24,11 @@ from grokschedule.summary import SweepSummary, TrialOutcome
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
+logger = logging.getLogger(__name__)
+
 SIGNAL_PREFIX = "grok/"
 CONTROL_PREFIX = "control/"
+ACK_KEY = "control/acked_id"
 
 
 class MissingMetricError(ValueError):
@@ -101,6 +106,8 @@ class GrokScheduler(FIFOScheduler):
         self._checked: set[str] = set()
         self._steps: dict[str, float] = {}
         self._errors: dict[str, str] = {}
+        self._channel = ControlChannel() if self._policy_args["interventions"] else None
+        self._deaf: set[str] = set()  # trials that do not poll the control channel
 
     # -- Tune wiring -------------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -135,7 +142,19 @@ class GrokScheduler(FIFOScheduler):
         obs = self._observation(result)
         self._steps[trial_id] = obs.step
         decision = policy.observe(trial_id, obs)
+        if decision.command is not None:
+            self._deliver(trial_id, decision, result)
         return TrialScheduler.STOP if decision.kind is DecisionKind.STOP else self.CONTINUE
+
+    def on_trial_complete(
+        self, tune_controller: TuneController, trial: Trial, result: dict[str, Any]
+    ) -> None:
+        if self._channel is not None:
+            self._channel.discard(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
+        if self._channel is not None:
+            self._channel.discard(trial.trial_id)
 
     def on_trial_error(self, tune_controller: TuneController, trial: Trial) -> None:
         self._errors[trial.trial_id] = str(trial.error_file or "trial raised an error")
@@ -200,6 +219,24 @@ class GrokScheduler(FIFOScheduler):
             self.set_state(pickle.load(f))
 
     # -- internals ---------------------------------------------------------------------------
+    def _deliver(self, trial_id: str, decision: Decision, result: Mapping[str, Any]) -> None:
+        """Send a KICK/ROLLBACK to the trainer through the live control channel."""
+        assert self._channel is not None and decision.command is not None
+        if ACK_KEY not in result:
+            if trial_id not in self._deaf:
+                self._deaf.add(trial_id)
+                logger.warning(
+                    "GrokScheduler: trial %s decided %s but does not poll the control channel "
+                    "(no %r in its results); the command is dropped. For the built-in trainable "
+                    "set config control=True; for your own, poll "
+                    "grokschedule.control.ControlClient and report its acknowledgements.",
+                    trial_id,
+                    decision.kind.value,
+                    ACK_KEY,
+                )
+            return
+        self._channel.post(trial_id, decision.command)
+
     def _require_policy(self) -> GrokPolicy:
         if self.policy is None:
             raise ValueError("GrokScheduler needs metric and mode (here or in tune.TuneConfig)")

@@ -2,25 +2,40 @@
 
 It reports the metric contract every ``eval_every`` steps and checkpoints every
 ``checkpoint_every`` steps, so a failed trial resumes where it was (``FailureConfig``).
+
+With ``config["control"] = True`` it also polls the live control channel (``grokschedule.control``)
+every ``control_poll_every`` steps (default ``eval_every``: the scheduler decides on reports, so
+polling right after each one adds no latency), applies the commands between steps, adds the
+``control/*`` acknowledgement keys to every report, and checkpoints with the first report after a
+command, so the rollback snapshot taken before a kick survives a worker restart. Without it the
+loop is the plain one.
+
+Trainables that do not poll get kicks by restart instead (``control.restart_with_config``);
+``kick_config_change`` says what a kick becomes in this trainable's config.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
+from grokschedule.control import ControlClient
+from grokschedule.kicks import BATCH_SIZE, LR_MULTIPLY, SGD_SWITCH, WEIGHT_DECAY, Kick
 from grokschedule.tasks.training import ModularTrainer, TrainConfig
 
 STATE_FILE = "trainer.pt"
+RESTART_KINDS = (LR_MULTIPLY, WEIGHT_DECAY, BATCH_SIZE, SGD_SWITCH)
 
 
 def modular_trainable(config: dict[str, Any]) -> None:
     """Train one modular-arithmetic model under Tune; ``config`` holds ``TrainConfig`` fields
-    plus ``checkpoint_every`` (steps, default 500) and ``torch_threads`` (default 1)."""
+    plus ``checkpoint_every`` (steps, default 500), ``torch_threads`` (default 1), ``control``
+    (poll the control channel, default False) and ``control_poll_every`` (steps)."""
     torch.set_num_threads(int(config.get("torch_threads", 1)))
     checkpoint_every = int(config.get("checkpoint_every", 500))
     trainer = ModularTrainer(TrainConfig.from_mapping(config))
@@ -28,10 +43,52 @@ def modular_trainable(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load_state_dict(torch.load(Path(directory) / STATE_FILE, weights_only=False))
-    for metrics in trainer.run():
-        if trainer.step % checkpoint_every == 0:
+    client = None
+    if config.get("control", False):
+        poll_every = int(config.get("control_poll_every", trainer.config.eval_every))
+        client = ControlClient(tune.get_context().get_trial_id(), poll_every)
+    checkpointed_ack = trainer.control.acked_id
+    for metrics in trainer.run(None if client is None else client.poll):
+        if client is not None:
+            metrics.update(trainer.control_metrics())
+        if trainer.step % checkpoint_every == 0 or trainer.control.acked_id != checkpointed_ack:
+            checkpointed_ack = trainer.control.acked_id
             with tempfile.TemporaryDirectory() as directory:
                 torch.save(trainer.state_dict(), Path(directory) / STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
             tune.report(metrics)
+
+
+def kick_config_change(kick: Kick, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config keys (``lr``, ``weight_decay``, ``batch_size``, ``optimizer``, ``momentum``)
+    that carry ``kick`` out in ``modular_trainable`` restarted under ``{**config, **change}``.
+
+    A restart holds the change until the next one, so ``duration_steps`` is not honoured here:
+    to end a window, restart again with the old values. Kinds that act inside the step
+    (gradient transforms, an lr cycle) need the live channel and are a ``ValueError``, as is a
+    batch_size kick on a full-batch run (there is no larger batch). An sgd_switch restart starts
+    SGD fresh, and switching back starts a fresh AdamW: its moments do not survive the way the
+    live channel keeps them.
+    """
+    if kick.kind not in RESTART_KINDS:
+        raise ValueError(
+            f"a {kick.kind} kick cannot be a config change (only {RESTART_KINDS}); "
+            "run the trainable with control=True to apply it live"
+        )
+    current = TrainConfig.from_mapping(config)
+    params = kick.params
+    change: dict[str, Any]
+    if kick.kind == LR_MULTIPLY:
+        change = {"lr": current.lr * params["factor"]}
+    elif kick.kind == WEIGHT_DECAY:
+        change = {"weight_decay": current.weight_decay * params["factor"]}
+    elif kick.kind == BATCH_SIZE:
+        if current.batch_size is None:
+            raise ValueError("a batch_size kick needs a mini-batch run; this one is full-batch")
+        factor = int(params["factor"])
+        change = {"batch_size": current.batch_size * factor, "lr": current.lr * kick.lr_factor(0)}
+    else:
+        change = {"optimizer": "sgd", "lr": params["lr"], "momentum": params["momentum"]}
+    TrainConfig.from_mapping({**config, **change})  # the result must be a valid config
+    return change

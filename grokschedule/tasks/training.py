@@ -4,18 +4,29 @@ It reports the metric contract the scheduler reads: ``step``, ``train_loss``, ``
 ``val_loss``, ``val_acc``, ``weight_norm`` and worker-side ``grok/*`` signals (validation
 confidence, probability on the correct class, and the share of training samples whose loss is
 exactly zero in float32 — the softmax-collapse marker of arXiv 2501.04697).
+
+Interventions: every step runs through a ``KickApplier`` (idle, it costs a few dict lookups), and
+``apply_command`` takes the control channel's commands (``grokschedule.control``) between steps.
+Before a kick the trainer keeps a rollback snapshot of everything a step depends on; a
+``rollback`` command restores it. The step counter is *not* rolled back: it counts optimizer steps
+taken, so it stays monotone as Tune's ``time_attr`` must, and the windows of the kicks in the
+snapshot are shifted by the steps rolled back so each resumes with the time it had left.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from grokschedule.control import KICK, Command
+from grokschedule.interventions import KickApplier
+from grokschedule.kicks import HYPERPARAM_KINDS, KickRecord
 from grokschedule.tasks.modular import ModularTask, build_model
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -75,8 +86,25 @@ def make_optimizer(
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
+@dataclass(frozen=True)
+class ControlState:
+    """What the trainer reports back about commands; never rolled back, so it only grows."""
+
+    acked_id: int = -1
+    applied_step: int = -1
+    rollbacks: int = 0
+
+
+# Poll function for ``ModularTrainer.run``: step -> command dicts to apply before that step.
+Poll = Callable[[int], Iterable[Mapping[str, Any]]]
+
+
 class ModularTrainer:
-    """Owns model, optimizer and data; ``run`` yields one metrics dict every ``eval_every``."""
+    """Owns model, optimizer and data; ``run`` yields one metrics dict every ``eval_every``.
+
+    ``optimizer`` is always the one built from the config (checkpoint it); the one stepped is
+    ``applier.optimizer``, which an sgd_switch kick swaps for a while.
+    """
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -92,24 +120,98 @@ class ModularTrainer:
             config.weight_decay,
             config.momentum,
         )
+        self.applier = KickApplier(self.model, self.optimizer, make_optimizer)
         self.step = 0
+        self.control = ControlState()
+        self._rollback: dict[str, Any] | None = None  # state before the latest kick
         self._batch_generator = torch.Generator().manual_seed(config.seed + 1)
+        size = config.batch_size
+        self._batch_size = None if size is None or size >= len(self.x_train) else size
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.config.batch_size
-        if size is None or size >= len(self.x_train):
+        if self._batch_size is None:
             return self.x_train, self.y_train
-        index = torch.randint(len(self.x_train), (size,), generator=self._batch_generator)
+        index = torch.randint(
+            len(self.x_train), (self._batch_size,), generator=self._batch_generator
+        )
         return self.x_train[index], self.y_train[index]
 
     def train_step(self) -> None:
-        x, y = self._batch()
+        """One optimizer step. A batch_size kick accumulates ``applier.accumulation_steps``
+        mini-batches per step; full-batch training has no larger batch to take, so there it only
+        rescales lr (the kick's ``scale_lr``)."""
+        applier = self.applier
+        optimizer = applier.optimizer
         self.model.train()
-        loss = F.cross_entropy(self.model(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        micro = 1 if self._batch_size is None else applier.accumulation_steps
+        for _ in range(micro):
+            x, y = self._batch()
+            loss = F.cross_entropy(self.model(x), y)
+            (loss if micro == 1 else loss / micro).backward()
+        applier.before_step(self.step)
+        optimizer.step()
+        applier.after_step(self.step)
         self.step += 1
+
+    def apply_command(self, command: Mapping[str, Any] | Command) -> KickRecord | None:
+        """Apply a control command now, between steps; returns the kick's record (None for a
+        rollback). The step it takes effect at is ``self.step`` (reported as
+        ``control/applied_step``). ``ValueError`` for a malformed command, an id not above the
+        last one applied, or a rollback with no kick to roll back."""
+        parsed = command if isinstance(command, Command) else Command.from_dict(command)
+        if parsed.id <= self.control.acked_id:
+            raise ValueError(
+                f"command {parsed.id} is not newer than the last one applied "
+                f"({self.control.acked_id}); ids must grow per trial"
+            )
+        rollbacks = self.control.rollbacks
+        record = None
+        if parsed.type == KICK:
+            assert parsed.kick is not None  # Command guarantees it for kicks
+            self._rollback = copy.deepcopy(self._step_state())
+            record = self.applier.apply(parsed.kick, self.step)
+        else:
+            if self._rollback is None:
+                raise ValueError(
+                    f"rollback command {parsed.id}: no kick since the last rollback to undo"
+                )
+            self._restore_snapshot(self._rollback)
+            self._rollback = None
+            rollbacks += 1
+        self.control = ControlState(parsed.id, self.step, rollbacks)
+        return record
+
+    def control_metrics(self) -> dict[str, int]:
+        """The acknowledgement keys every report carries when a control channel is in use."""
+        return {
+            "control/acked_id": self.control.acked_id,
+            "control/applied_step": self.control.applied_step,
+            "control/rollbacks": self.control.rollbacks,
+            "control/kicks_active": len(self.applier.active),
+        }
+
+    def _step_state(self) -> dict[str, Any]:
+        """Everything the next steps depend on (shared tensors: copy before keeping it)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "applier": self.applier.state_dict(),
+            "batch_rng": self._batch_generator.get_state(),
+            "step": self.step,
+        }
+
+    def _restore_snapshot(self, snapshot: Mapping[str, Any]) -> None:
+        """Roll back to ``snapshot`` but keep ``self.step``; kick windows move by the gap."""
+        gap = self.step - int(snapshot["step"])
+        applier_state = dict(snapshot["applier"])
+        applier_state["active"] = [
+            {**entry, "start": int(entry["start"]) + gap} for entry in applier_state["active"]
+        ]
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.applier.load_state_dict(applier_state)
+        self._batch_generator.set_state(snapshot["batch_rng"])
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -131,24 +233,56 @@ class ModularTrainer:
             "grok/zero_loss_share": float((train_losses == 0).float().mean()),
         }
 
-    def run(self) -> Iterator[dict[str, float]]:
-        """Train to ``max_steps``, yielding metrics at every evaluation point."""
+    def run(self, poll: Poll | None = None) -> Iterator[dict[str, float]]:
+        """Train to ``max_steps``, yielding metrics at every evaluation point. ``poll(step)``,
+        if given, is asked before every step for commands to apply (``ControlClient.poll``)."""
         while self.step < self.config.max_steps:
+            if poll is not None:
+                for command in poll(self.step):
+                    self.apply_command(command)
             self.train_step()
             if self.step % self.config.eval_every == 0 or self.step == self.config.max_steps:
                 yield self.evaluate()
 
     def state_dict(self) -> dict[str, Any]:
+        """The run's state, with the kicks in force, the control counters and the rollback
+        snapshot, so a worker restarted from it can still roll back."""
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
+            **self._step_state(),
             "config": asdict(self.config),
-            "batch_rng": self._batch_generator.get_state(),
+            "control": asdict(self.control),
+            "rollback": self._rollback,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from ``state_dict()``. If ``self.config`` changes the optimizer, lr, weight
+        decay or momentum against the saved config (the restart fallback,
+        ``control.restart_with_config``), the new values win over those in the saved optimizer:
+        a new optimizer type starts fresh, new lr/wd/momentum are written into its groups."""
+        saved = state["config"]
+        changed = {
+            name: getattr(self.config, name)
+            for name in ("lr", "weight_decay", "momentum")
+            if saved[name] != getattr(self.config, name)
+        }
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        same_optimizer = saved["optimizer"] == self.config.optimizer
+        if same_optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.applier.load_state_dict(state["applier"])
+        hyperparam_kicks = [a for a in self.applier.active if a.kick.kind in HYPERPARAM_KINDS]
+        if hyperparam_kicks and (changed or not same_optimizer):
+            raise ValueError(
+                f"the config changes {sorted(changed) or ['optimizer']} while kicks "
+                f"{[a.kick.kind for a in hyperparam_kicks]} own those values; use the control "
+                "channel or the config, not both"
+            )
+        if same_optimizer:
+            for group in self.optimizer.param_groups:
+                for name, value in changed.items():
+                    if name in group:  # AdamW has no momentum
+                        group[name] = value
         self.step = int(state["step"])
         self._batch_generator.set_state(state["batch_rng"])
+        self.control = ControlState(**state["control"])
+        self._rollback = state["rollback"]

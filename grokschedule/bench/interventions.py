@@ -1,0 +1,356 @@
+"""Do kicks shorten grokking? The same runs (configs and seeds) with and without interventions.
+
+No Ray: every run is a ``ModularTrainer`` driven in-process, and commands go straight to
+``ModularTrainer.apply_command`` right after the evaluation that prompted them, which is where the
+live channel delivers them too (the trainable polls right after each report). The decision of
+when and which kick is a callable ``decide(trial_id, metrics) -> command | None`` that sees what
+a scheduler sees (the reported metrics, ``control/*`` acknowledgements included), so
+``GrokPolicy`` can be plugged in unchanged; ``PlateauKick`` is the simple default.
+
+Kinds of run:
+
+- ``adamw``: no intervention (the baseline);
+- ``policy``: commands from ``decide``;
+- ``grokfast``: Grokfast-EMA (alpha 0.98, lamb 2) switched on at step 0 (its paper's use);
+- ``grokfast_late``: the same filter switched on only once the training set is memorized.
+
+Per kind: steps to grok (first evaluation with ``val_acc`` ≥ 0.95), the median speed-up against
+``adamw`` over the runs where both grok, the same median as a lower bound over every run the kind
+groks (an ``adamw`` run that never groks counted at the budget), runs that grok only with the
+intervention, runs lost to it (``adamw`` groks, it does not), kicks, rollbacks and forgetting
+incidents (an accuracy, train or validation, falling ``FORGET_DROP`` below its best once that
+best is ≥ 0.5). Runs stop ``tail`` steps after grokking, so forgetting after it is seen too.
+
+    python -m grokschedule.bench.interventions --output interventions.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grokschedule.control import KICK, ROLLBACK, Command
+from grokschedule.kicks import Kick
+from grokschedule.tasks.training import ModularTrainer, TrainConfig
+
+GROK_THRESHOLD = 0.95
+MEMORIZED = 0.99  # train accuracy that counts as the training set memorized
+FORGET_DROP = 0.2
+KIND_NAMES = ("adamw", "policy", "grokfast", "grokfast_late")
+GROKFAST = Kick("grokfast", {"alpha": 0.98, "lamb": 2.0}, reason="reference: Grokfast-EMA")
+
+Decide = Callable[[str, Mapping[str, float]], Mapping[str, Any] | None]
+
+
+class PlateauKick:
+    """Default ``decide``: a list of kicks tried in turn on the plateau.
+
+    With no kick in force and the run on the plateau (train accuracy ≥ ``MEMORIZED``, validation
+    accuracy < ``val_below``), it applies the next kick. If the run forgets its training set
+    (train accuracy < ``forget_below``) while a kick is in force and before it groks, it rolls
+    back, and the next kick follows at the next plateau evaluation. With the kicks used up it
+    waits. It reads the acknowledgements as a scheduler must: nothing new is sent until the last
+    command shows up as ``control/acked_id``, and ``control/kicks_active`` says whether a kick is
+    still in force.
+    """
+
+    def __init__(
+        self, kicks: Sequence[Kick], val_below: float = 0.5, forget_below: float = 0.9
+    ) -> None:
+        if not kicks:
+            raise ValueError("PlateauKick needs at least one kick")
+        self.kicks, self.val_below, self.forget_below = tuple(kicks), val_below, forget_below
+        self._sent: dict[str, list[Command]] = {}
+
+    def __call__(self, trial_id: str, metrics: Mapping[str, float]) -> dict[str, Any] | None:
+        sent = self._sent.setdefault(trial_id, [])
+        if sent and metrics["control/acked_id"] < sent[-1].id:
+            return None  # not applied yet
+        in_force = metrics["control/kicks_active"] > 0 and sent[-1].type == KICK
+        if in_force and metrics["val_acc"] < GROK_THRESHOLD:
+            if metrics["train_acc"] < self.forget_below:
+                return self._send(sent, Command(len(sent), ROLLBACK))
+            return None
+        tried = sum(command.type == KICK for command in sent)
+        on_plateau = metrics["train_acc"] >= MEMORIZED and metrics["val_acc"] < self.val_below
+        if not in_force and on_plateau and tried < len(self.kicks):
+            return self._send(sent, Command(len(sent), KICK, self.kicks[tried]))
+        return None
+
+    @staticmethod
+    def _send(sent: list[Command], command: Command) -> dict[str, Any]:
+        sent.append(command)
+        return command.to_dict()
+
+
+# ⊥Grad (arXiv 2501.04697) stops the loss falling by merely scaling the weights up, which is what
+# keeps a run on the plateau. Under strong weight decay nothing then holds the norm up: a short
+# window groks those runs within a few hundred steps and a permanent one makes them forget. So
+# first a 250-step window; a run still on the plateau after it (weak decay) gets ⊥Grad for good;
+# one that forgets under that is rolled back and gets lr ×3 for 1000 steps (3× the decoupled
+# decay rate lr·wd), the plain lever on the plateau's length.
+DEFAULT_KICKS = (
+    Kick("ortho_grad", duration_steps=250, reason="plateau: ⊥Grad window"),
+    Kick("ortho_grad", reason="still on the plateau: ⊥Grad for the rest of the run"),
+    Kick("lr_multiply", {"factor": 3.0}, 1000, reason="⊥Grad made it forget: decay 3× faster"),
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    p: int
+    train_fraction: float
+    weight_decay: float
+    seed: int
+    kind: str
+
+    @property
+    def trial_id(self) -> str:
+        return f"p{self.p}-f{self.train_fraction}-wd{self.weight_decay}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    spec: RunSpec
+    grok_step: int | None
+    memorized_step: int | None
+    steps: int
+    final_val_acc: float
+    kicks: int
+    rollbacks: int
+    forgetting: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    steps: int = 3_000
+    eval_every: int = 50
+    tail: int = 300  # steps trained past grokking, to catch forgetting
+    lr: float = 3e-3
+    embed_dim: int = 64
+    hidden_dim: int = 256
+
+
+class _Forgetting:
+    """Counts drops of ``FORGET_DROP`` below the best accuracy (once ≥ 0.5), once per drop."""
+
+    def __init__(self) -> None:
+        self.best = {"train_acc": 0.0, "val_acc": 0.0}
+        self.down = dict.fromkeys(self.best, False)
+        self.incidents = 0
+
+    def update(self, metrics: Mapping[str, float]) -> None:
+        for key, best in self.best.items():
+            value = metrics[key]
+            down = best >= 0.5 and value < best - FORGET_DROP
+            self.incidents += down and not self.down[key]
+            self.down[key] = down
+            self.best[key] = max(best, value)
+
+
+def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None) -> RunResult:
+    """Train one run of ``spec.kind``; stops ``settings.tail`` steps after it groks."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    config = TrainConfig(
+        p=spec.p,
+        train_fraction=spec.train_fraction,
+        seed=spec.seed,
+        lr=settings.lr,
+        weight_decay=spec.weight_decay,
+        embed_dim=settings.embed_dim,
+        hidden_dim=settings.hidden_dim,
+        max_steps=settings.steps,
+        eval_every=settings.eval_every,
+    )
+    trainer = ModularTrainer(config)
+    pending: list[Mapping[str, Any]] = []
+    kicks = 0
+
+    def poll(_step: int) -> list[Mapping[str, Any]]:
+        nonlocal kicks
+        delivered = pending[:]
+        pending.clear()
+        kicks += sum(command["type"] == KICK for command in delivered)
+        return delivered
+
+    if spec.kind == "grokfast":
+        pending.append(Command(0, KICK, GROKFAST).to_dict())
+    grok_step = memorized_step = None
+    forgetting = _Forgetting()
+    metrics: dict[str, float] = {}
+    for metrics in trainer.run(poll):
+        metrics.update(trainer.control_metrics())
+        forgetting.update(metrics)
+        step = int(metrics["step"])
+        if memorized_step is None and metrics["train_acc"] >= MEMORIZED:
+            memorized_step = step
+            if spec.kind == "grokfast_late":
+                pending.append(Command(0, KICK, GROKFAST).to_dict())
+        if grok_step is None and metrics["val_acc"] >= GROK_THRESHOLD:
+            grok_step = step
+        if spec.kind == "policy" and decide is not None:
+            command = decide(spec.trial_id, metrics)
+            if command is not None:
+                pending.append(command)
+        if grok_step is not None and step >= grok_step + settings.tail:
+            break
+    return RunResult(
+        spec=spec,
+        grok_step=grok_step,
+        memorized_step=memorized_step,
+        steps=trainer.step,
+        final_val_acc=metrics["val_acc"],
+        kicks=kicks,
+        rollbacks=trainer.control.rollbacks,
+        forgetting=forgetting.incidents,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def run_grid(
+    specs: Sequence[RunSpec], settings: BenchSettings, decide: Decide | None, workers: int
+) -> list[RunResult]:
+    """All runs, ``workers`` processes at a time (each one torch thread)."""
+    if workers <= 1:
+        return [run_one(spec, settings, decide) for spec in specs]
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(run_one, spec, settings, decide) for spec in specs]
+        return [future.result() for future in futures]
+
+
+def summarize(results: Sequence[RunResult], budget: int) -> list[dict[str, Any]]:
+    """One row per kind, compared run by run with ``adamw`` on the same config and seed;
+    ``budget`` is the step limit, counted for adamw runs that never grok in the lower bound."""
+    baseline = {r.spec.trial_id: r for r in results if r.spec.kind == "adamw"}
+    rows = []
+    for kind in dict.fromkeys(r.spec.kind for r in results):
+        runs = [r for r in results if r.spec.kind == kind]
+        grokked = [r.grok_step for r in runs if r.grok_step is not None]
+        pairs = [(baseline.get(r.spec.trial_id), r) for r in runs]
+        ratios = [
+            base.grok_step / r.grok_step
+            for base, r in pairs
+            if base is not None and base.grok_step is not None and r.grok_step is not None
+        ]
+        # A lower bound over every run this kind groks: adamw's never is counted as the budget.
+        bounds = [
+            (base.grok_step or budget) / r.grok_step
+            for base, r in pairs
+            if base is not None and r.grok_step is not None
+        ]
+        rows.append(
+            {
+                "kind": kind,
+                "runs": len(runs),
+                "grokked": len(grokked),
+                "median_steps_to_grok": statistics.median(grokked) if grokked else None,
+                "speedup_median": statistics.median(ratios) if ratios else None,
+                "speedup_pairs": len(ratios),
+                "speedup_lower_bound_median": statistics.median(bounds) if bounds else None,
+                "grok_only_with": sum(
+                    base is not None and base.grok_step is None and r.grok_step is not None
+                    for base, r in pairs
+                ),
+                "lost": sum(
+                    base is not None and base.grok_step is not None and r.grok_step is None
+                    for base, r in pairs
+                ),
+                "kicks": sum(r.kicks for r in runs),
+                "rollbacks": sum(r.rollbacks for r in runs),
+                "forgetting": sum(r.forgetting for r in runs),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    header = (
+        "| kind | grokked | median steps to grok | median speed-up, both grok (pairs) "
+        "| median speed-up ≥, adamw never = budget "
+        "| grok only with it | lost | kicks | rollbacks | forgetting |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for row in rows:
+        steps = row["median_steps_to_grok"]
+        speedup, bound = row["speedup_median"], row["speedup_lower_bound_median"]
+        lines.append(
+            f"| {row['kind']} | {row['grokked']}/{row['runs']} "
+            f"| {'—' if steps is None else f'{steps:g}'} "
+            f"| {'—' if speedup is None else f'{speedup:.2f}×'} ({row['speedup_pairs']}) "
+            f"| {'—' if bound is None else f'≥ {bound:.2f}×'} "
+            f"| {row['grok_only_with']} | {row['lost']} | {row['kicks']} | {row['rollbacks']} "
+            f"| {row['forgetting']} |"
+        )
+    return "\n".join(lines)
+
+
+def interventions_bench_main(
+    argv: Sequence[str] | None = None, decide: Decide | None = None
+) -> int:
+    """Run the grid, print the Markdown table, write every run and the summary as JSON.
+    ``decide`` defaults to ``PlateauKick(DEFAULT_KICKS)``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--p", type=int, nargs="+", default=[47, 53])
+    parser.add_argument("--train-fraction", type=float, nargs="+", default=[0.4, 0.5])
+    parser.add_argument("--weight-decay", type=float, nargs="+", default=[1.0, 0.1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--kinds", nargs="+", choices=KIND_NAMES, default=list(KIND_NAMES))
+    parser.add_argument("--steps", type=int, default=BenchSettings.steps)
+    parser.add_argument("--eval-every", type=int, default=BenchSettings.eval_every)
+    parser.add_argument("--tail", type=int, default=BenchSettings.tail)
+    parser.add_argument("--lr", type=float, default=BenchSettings.lr)
+    parser.add_argument("--embed-dim", type=int, default=BenchSettings.embed_dim)
+    parser.add_argument("--hidden-dim", type=int, default=BenchSettings.hidden_dim)
+    parser.add_argument("--workers", type=int, default=min(2, multiprocessing.cpu_count()))
+    parser.add_argument("--output", type=Path, default=Path("interventions_bench.json"))
+    args = parser.parse_args(argv)
+    if "adamw" not in args.kinds:
+        parser.error("--kinds needs adamw: every other kind is compared with it")
+    settings = BenchSettings(
+        steps=args.steps,
+        eval_every=args.eval_every,
+        tail=args.tail,
+        lr=args.lr,
+        embed_dim=args.embed_dim,
+        hidden_dim=args.hidden_dim,
+    )
+    specs = [
+        RunSpec(p, fraction, wd, seed, kind)
+        for p, fraction, wd, seed, kind in itertools.product(
+            args.p, args.train_fraction, args.weight_decay, args.seeds, args.kinds
+        )
+    ]
+    start = time.perf_counter()
+    results = run_grid(specs, settings, decide or PlateauKick(DEFAULT_KICKS), args.workers)
+    rows = summarize(results, settings.steps)
+    print(markdown_table(rows))
+    print(f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s")
+    args.output.write_text(
+        json.dumps(
+            {
+                "settings": asdict(settings),
+                "summary": rows,
+                "runs": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(interventions_bench_main())

@@ -1,0 +1,233 @@
+"""The live control channel: the scheduler posts commands, the trainer polls and applies them.
+
+Protocol. A command is a plain dict, ``{"id": int, "type": "kick", "kick": Kick.to_dict()}`` or
+``{"id": int, "type": "rollback"}``; ``Command.from_dict`` validates it (``ValueError`` on
+anything else). Ids grow strictly per trial. The scheduler calls ``ControlChannel.post`` from
+``on_trial_result``, which validates on the driver and sends without waiting; the trainer calls
+``ControlClient.poll(step)`` between optimizer steps, which asks the channel at most every
+``poll_every`` steps and hands back the commands posted since. Acknowledgements travel back in the
+metrics stream, not through the channel, so the scheduler reads them in the same result as the
+metrics they explain (see ``tasks.training.ModularTrainer.control_metrics``):
+
+- ``control/acked_id``: the id of the last command applied, -1 before any;
+- ``control/applied_step``: the optimizer step at which it took effect (the ``step`` the trainer
+  had reached: the first step under a kick is ``applied_step + 1`` in ``step`` units);
+- ``control/rollbacks``, ``control/kicks_active``: counts.
+
+Delivery is at most once: the channel drops a trial's commands when they are polled, so a command
+polled by a worker that dies before its next checkpoint is gone. The scheduler sees that as
+``control/acked_id`` not advancing (or going back) and may post it again under a new id.
+
+The channel is one named actor per Ray namespace (``CHANNEL_NAME``), made with
+``get_if_exists=True`` by the first ``post``, so the Tune driver owns it and it ends with the
+sweep's driver; clients only look it up, since an actor made by a trial's worker would die with
+that worker. It is not detached: commands are meaningless once the driver that decided them is
+gone, and a detached actor would outlive crashed sweeps on a shared cluster.
+
+Trainables that do not poll the channel get kicks PBT-style instead: ``restart_with_config``.
+
+Ray is imported where it is used, so the Ray-free trainer and benchmark can use ``Command``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from grokschedule.kicks import Kick
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+CHANNEL_NAME = "grokschedule-control"
+KICK = "kick"
+ROLLBACK = "rollback"
+COMMAND_TYPES = (KICK, ROLLBACK)
+_KEYS = {KICK: {"id", "type", "kick"}, ROLLBACK: {"id", "type"}}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One validated command; ``kick`` is set exactly for ``type == "kick"``."""
+
+    id: int
+    type: str
+    kick: Kick | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.id, bool) or not isinstance(self.id, int) or self.id < 0:
+            raise ValueError(f"command id must be an int >= 0, got {self.id!r}")
+        if self.type not in COMMAND_TYPES:
+            raise ValueError(f"command type must be one of {COMMAND_TYPES}, got {self.type!r}")
+        if (self.type == KICK) != isinstance(self.kick, Kick):
+            raise ValueError(f"command {self.id}: a Kick is required for 'kick' and only there")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Command:
+        """Validate a command dict; every problem is a ``ValueError`` naming the command."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a command must be a dict, got {type(data).__name__}")
+        kind = data.get("type")
+        if kind not in COMMAND_TYPES:
+            raise ValueError(f"command type must be one of {COMMAND_TYPES}, got {kind!r}")
+        if set(data) != _KEYS[kind]:
+            raise ValueError(
+                f"a {kind} command has exactly the keys {sorted(_KEYS[kind])}, got {sorted(data)}"
+            )
+        kick = None
+        if kind == KICK:
+            if not isinstance(data["kick"], Mapping):
+                raise ValueError(f"command {data['id']!r}: 'kick' must be a Kick.to_dict() dict")
+            try:
+                kick = Kick.from_dict(data["kick"])
+            except ValueError as error:
+                raise ValueError(f"command {data['id']!r}: malformed kick: {error}") from None
+        return cls(data["id"], kind, kick)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "type": self.type}
+        if self.kick is not None:
+            data["kick"] = self.kick.to_dict()
+        return data
+
+
+class _Mailbox:
+    """The actor's body: per-trial queues of command dicts."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, list[dict[str, Any]]] = {}
+
+    def post(self, trial_id: str, command: dict[str, Any]) -> None:
+        self._queues.setdefault(trial_id, []).append(command)
+
+    def take(self, trial_id: str) -> list[dict[str, Any]]:
+        return self._queues.pop(trial_id, [])
+
+    def discard(self, trial_id: str) -> None:
+        self._queues.pop(trial_id, None)
+
+
+class ControlChannel:
+    """Scheduler side. Cheap to build and to pickle (Tune pickles its scheduler): the actor is
+    made or found on the first ``post``, once Ray is up."""
+
+    def __init__(self, name: str = CHANNEL_NAME, namespace: str | None = None) -> None:
+        self.name, self.namespace = name, namespace
+        self._handle: ActorHandle[_Mailbox] | None = None
+        self._last_id: dict[str, int] = {}
+
+    def post(self, trial_id: str, command: Mapping[str, Any] | Command) -> None:
+        """Queue ``command`` for ``trial_id`` without waiting for the actor.
+
+        Validated here, on the driver, so a bad command fails in the scheduler that made it
+        rather than in a trial; ids must grow per trial.
+        """
+        parsed = command if isinstance(command, Command) else Command.from_dict(command)
+        last = self._last_id.get(trial_id, -1)
+        if parsed.id <= last:
+            raise ValueError(
+                f"command ids must grow per trial: {parsed.id} after {last} for {trial_id}"
+            )
+        self._last_id[trial_id] = parsed.id
+        self._actor().post.remote(trial_id, parsed.to_dict())
+
+    def discard(self, trial_id: str) -> None:
+        """Drop a finished trial's undelivered commands (call from ``on_trial_complete``)."""
+        self._last_id.pop(trial_id, None)
+        if self._handle is not None:
+            self._handle.discard.remote(trial_id)
+
+    def _actor(self) -> ActorHandle[_Mailbox]:
+        if self._handle is None:
+            import ray
+
+            mailbox = ray.remote(_Mailbox).options(
+                name=self.name,
+                namespace=self.namespace,
+                get_if_exists=True,
+                num_cpus=0,  # a queue must never hold a CPU a trial could use
+            )
+            self._handle = cast("ActorHandle[_Mailbox]", mailbox.remote())
+        return self._handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An actor handle from a pickled scheduler would point into a cluster that may be gone.
+        return {**self.__dict__, "_handle": None}
+
+
+class ControlClient:
+    """Trainer side: ``poll(step)`` returns the commands posted for this trial since the last
+    poll, asking the actor at most every ``poll_every`` steps. Until the scheduler has posted
+    anything the actor may not exist yet; that reads as no commands."""
+
+    def __init__(
+        self,
+        trial_id: str,
+        poll_every: int,
+        name: str = CHANNEL_NAME,
+        namespace: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if isinstance(poll_every, bool) or not isinstance(poll_every, int) or poll_every <= 0:
+            raise ValueError(f"poll_every must be an int > 0, got {poll_every!r}")
+        self.trial_id, self.poll_every = trial_id, poll_every
+        self.name, self.namespace, self.timeout_s = name, namespace, timeout_s
+        self._handle: ActorHandle[_Mailbox] | None = None
+        self._next_poll: int | None = None
+
+    def poll(self, step: int) -> list[dict[str, Any]]:
+        if self._next_poll is not None and step < self._next_poll:
+            return []
+        self._next_poll = step + self.poll_every
+        import ray
+
+        if self._handle is None:
+            try:
+                self._handle = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:  # not made yet: nothing was ever posted
+                return []
+        commands: list[dict[str, Any]] = ray.get(
+            self._handle.take.remote(self.trial_id), timeout=self.timeout_s
+        )
+        return commands
+
+
+def restart_with_config(
+    tune_controller: TuneController,
+    trial: Trial,
+    result: Mapping[str, Any],
+    new_config: Mapping[str, Any],
+    experiment_tag: str | None = None,
+) -> str:
+    """PBT-style fallback for trainables that do not poll the channel: restart ``trial`` from
+    the checkpoint reported with ``result`` under ``new_config``. Call from ``on_trial_result``
+    and return what it returns (``TrialScheduler.PAUSE``).
+
+    PBT's ``_exploit`` pauses with ``should_checkpoint=False`` and writes the checkpoint to
+    resume from into a private field, after a blocking ``ray.get`` of a save. Here Tune does the
+    same with public calls and without blocking the driver: on PAUSE it saves the trial (for a
+    function trainable: hands back the checkpoint reported with this result), registers that
+    checkpoint, then pauses with ``should_checkpoint=False``; the scheduler's
+    ``choose_trial_to_run`` later starts it again from that checkpoint with ``trial.config``,
+    which now is ``new_config``. Only a result that carried a checkpoint can be resumed without
+    losing the steps since the last one, so any other is a ``ValueError``; keep the change
+    pending until such a result arrives. A paused trial counts against
+    ``max_concurrent_trials`` and waits behind PENDING trials (FIFO).
+    """
+    from ray.tune.result import DONE, SHOULD_CHECKPOINT
+    from ray.tune.schedulers import TrialScheduler
+
+    if not result.get(SHOULD_CHECKPOINT):
+        raise ValueError(
+            f"trial {trial.trial_id}: restart_with_config needs a result that carries a "
+            "checkpoint; keep the change until the trainable reports one"
+        )
+    if result.get(DONE):
+        raise ValueError(f"trial {trial.trial_id} is done: nothing to restart")
+    trial.set_config(dict(new_config))
+    if experiment_tag is not None:
+        trial.set_experiment_tag(experiment_tag)
+    return TrialScheduler.PAUSE

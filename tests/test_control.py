@@ -1,0 +1,372 @@
+"""The live control channel and the trainer side of interventions: commands, acks, rollback
+snapshots, and the PBT-style restart fallback; the Ray ones on a real local cluster (~1 min)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler
+
+from grokschedule.bench.interventions import (
+    KIND_NAMES,
+    BenchSettings,
+    PlateauKick,
+    RunSpec,
+    interventions_bench_main,
+    run_one,
+)
+from grokschedule.control import Command, ControlChannel, ControlClient, restart_with_config
+from grokschedule.kicks import Kick
+from grokschedule.tasks.trainable import kick_config_change, modular_trainable
+from grokschedule.tasks.training import ModularTrainer, TrainConfig
+
+torch.set_num_threads(1)
+
+SMALL = {"p": 23, "train_fraction": 0.5, "embed_dim": 16, "hidden_dim": 32, "eval_every": 10}
+HARMFUL = Kick("lr_multiply", {"factor": 1000.0}, reason="deliberately harmful")
+BENIGN = Kick("weight_decay", {"factor": 2.0}, 60)
+
+
+def kick(command_id: int, k: Kick = HARMFUL) -> dict[str, Any]:
+    return {"id": command_id, "type": "kick", "kick": k.to_dict()}
+
+
+def params(trainer: ModularTrainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+def train(trainer: ModularTrainer, n: int) -> None:
+    for _ in range(n):
+        trainer.train_step()
+
+
+# -- protocol -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ({"id": 1, "type": "reset"}, r"command type must be one of \('kick', 'rollback'\)"),
+        ({"id": 1}, r"command type must be one of"),
+        ({"id": 1, "type": "rollback", "kick": {}}, r"exactly the keys \['id', 'type'\]"),
+        ({"type": "rollback"}, r"exactly the keys \['id', 'type'\], got \['type'\]"),
+        ({"id": -1, "type": "rollback"}, r"command id must be an int >= 0, got -1"),
+        ({"id": True, "type": "rollback"}, r"command id must be an int >= 0, got True"),
+        ({"id": "3", "type": "rollback"}, r"command id must be an int >= 0, got '3'"),
+        ({"id": 2, "type": "kick"}, r"exactly the keys \['id', 'kick', 'type'\]"),
+        ({"id": 2, "type": "kick", "kick": "lr_multiply"}, r"command 2: 'kick' must be a Kick"),
+        (
+            {"id": 2, "type": "kick", "kick": {"kind": "lr_boost"}},
+            r"command 2: malformed kick: kind must be one of",
+        ),
+        (
+            {"id": 2, "type": "kick", "kick": {"kind": "lr_multiply", "params": {}}},
+            r"command 2: malformed kick: params\['factor'\] is required",
+        ),
+        (
+            {"id": 2, "type": "kick", "kick": {"kind": "grokfast", "lamb": 2}},
+            r"command 2: malformed kick: .*only keys",
+        ),
+        (["kick", 2], r"a command must be a dict, got list"),
+    ],
+)
+def test_bad_commands_are_clear_value_errors(command: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Command.from_dict(command)
+    # The scheduler side rejects it before it reaches Ray; the trainer side too.
+    with pytest.raises(ValueError, match=message):
+        ControlChannel().post("trial", command)
+    with pytest.raises(ValueError, match=message):
+        ModularTrainer(TrainConfig(**SMALL)).apply_command(command)
+
+
+def test_commands_round_trip_and_ids_must_grow() -> None:
+    for data in (kick(3), {"id": 4, "type": "rollback"}):
+        assert Command.from_dict(data).to_dict() == data
+    trainer = ModularTrainer(TrainConfig(**SMALL))
+    trainer.apply_command(kick(3, Kick("grokfast")))
+    with pytest.raises(ValueError, match=r"command 3 is not newer than the last one applied"):
+        trainer.apply_command({"id": 3, "type": "rollback"})
+    with pytest.raises(ValueError, match="poll_every must be an int > 0"):
+        ControlClient("trial", 0)
+
+
+# -- trainer: kicks, acks, rollback ------------------------------------------------------------
+
+
+def test_harmful_kick_then_rollback_restores_the_snapshot_exactly_even_after_a_restart() -> None:
+    config = TrainConfig(**SMALL, weight_decay=1.0)
+    reference, trainer = ModularTrainer(config), ModularTrainer(config)
+    train(reference, 30)
+    train(trainer, 30)
+    assert trainer.control_metrics() == {
+        "control/acked_id": -1,
+        "control/applied_step": -1,
+        "control/rollbacks": 0,
+        "control/kicks_active": 0,
+    }
+    trainer.apply_command(kick(0, BENIGN))
+    train(trainer, 10)
+    snapshot = params(trainer)
+    loss_before = trainer.evaluate()["train_loss"]
+    trainer.apply_command(kick(1))
+    train(trainer, 20)
+    harmed = trainer.evaluate()["train_loss"]
+    assert math.isnan(harmed) or harmed > 10 * loss_before  # it did harm
+    assert trainer.control_metrics()["control/kicks_active"] == 2
+
+    # The worker restarts from a checkpoint taken after the kick; the snapshot survives it.
+    buffer = io.BytesIO()
+    torch.save(trainer.state_dict(), buffer)
+    buffer.seek(0)
+    restarted = ModularTrainer(config)
+    restarted.load_state_dict(torch.load(buffer, weights_only=False))
+    assert restarted.apply_command({"id": 2, "type": "rollback"}) is None
+
+    for p, q in zip(restarted.model.parameters(), snapshot, strict=True):
+        assert torch.equal(p, q)
+    assert restarted.step == 60  # the step counter goes on: time_attr stays monotone
+    assert restarted.control_metrics() == {
+        "control/acked_id": 2,
+        "control/applied_step": 60,
+        "control/rollbacks": 1,
+        "control/kicks_active": 1,  # the benign kick, as it was at the snapshot
+    }
+    # Its window moved with the rollback: 50 of its 60 steps were left, and they still are.
+    (benign,) = restarted.applier.active
+    assert benign.start == 30 + 20 and benign.end == 110
+    assert restarted.optimizer.param_groups[0]["weight_decay"] == 2 * config.weight_decay
+    assert restarted.optimizer.param_groups[0]["lr"] == config.lr
+    with pytest.raises(ValueError, match="rollback command 3: no kick since the last rollback"):
+        restarted.apply_command({"id": 3, "type": "rollback"})
+
+    # Training proceeds from the snapshot exactly as the run without the harmful kick would.
+    train(restarted, 60)
+    unharmed = ModularTrainer(config)
+    train(unharmed, 30)
+    unharmed.apply_command(kick(0, BENIGN))
+    train(unharmed, 70)
+    for p, q in zip(restarted.model.parameters(), unharmed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert not restarted.applier.active  # the benign window ended on time
+    assert restarted.evaluate()["train_loss"] < loss_before
+
+
+def test_batch_size_kick_accumulates_mini_batches() -> None:
+    trainer = ModularTrainer(TrainConfig(**SMALL, batch_size=16))
+    trainer.apply_command(kick(0, Kick("batch_size", {"factor": 3}, 5)))
+    draws = trainer._batch_generator.get_state()
+    trainer.train_step()
+    reference = ModularTrainer(TrainConfig(**SMALL, batch_size=16))
+    reference._batch_generator.set_state(draws)
+    for _ in range(3):  # three mini-batches drawn for one optimizer step
+        reference._batch()
+    assert torch.equal(trainer._batch_generator.get_state(), reference._batch_generator.get_state())
+    assert trainer.step == 1
+
+
+# -- restart fallback: config changes ------------------------------------------------------------
+
+
+def test_kick_config_change_for_the_built_in_trainable() -> None:
+    config = {"lr": 1e-3, "weight_decay": 0.5, "batch_size": 64}
+    assert kick_config_change(Kick("lr_multiply", {"factor": 10.0}, 100), config) == {"lr": 1e-2}
+    assert kick_config_change(Kick("weight_decay", {"factor": 4.0}), config) == {
+        "weight_decay": 2.0
+    }
+    assert kick_config_change(Kick("batch_size", {"factor": 4, "scale_lr": 0.5}, 10), config) == {
+        "batch_size": 256,
+        "lr": 2e-3,
+    }
+    switch = Kick("sgd_switch", {"lr": 1e-4, "momentum": 0.5}, 100)
+    assert kick_config_change(switch, config) == {"optimizer": "sgd", "lr": 1e-4, "momentum": 0.5}
+    with pytest.raises(ValueError, match="a grokfast kick cannot be a config change"):
+        kick_config_change(Kick("grokfast"), config)
+    with pytest.raises(ValueError, match="needs a mini-batch run; this one is full-batch"):
+        kick_config_change(Kick("batch_size", {"factor": 2}, 10), {"lr": 1e-3})
+
+
+def test_a_restart_under_a_changed_config_takes_the_new_values() -> None:
+    trainer = ModularTrainer(TrainConfig(**SMALL, lr=1e-3))
+    train(trainer, 5)
+    state = trainer.state_dict()
+    for change, optimizer, lr in (({"lr": 1e-2}, torch.optim.AdamW, 1e-2), ({}, None, 1e-3)):
+        resumed = ModularTrainer(TrainConfig(**SMALL, **{"lr": 1e-3, **change}))
+        resumed.load_state_dict(state)
+        assert isinstance(resumed.optimizer, optimizer or torch.optim.AdamW)
+        assert resumed.optimizer.param_groups[0]["lr"] == lr
+        assert resumed.optimizer.state  # AdamW's moments came back
+    switched = ModularTrainer(TrainConfig(**SMALL, optimizer="sgd", lr=1e-4, momentum=0.5))
+    switched.load_state_dict(state)
+    assert isinstance(switched.optimizer, torch.optim.SGD) and not switched.optimizer.state
+    assert switched.step == 5
+
+    kicked = ModularTrainer(TrainConfig(**SMALL, lr=1e-3))
+    kicked.apply_command(kick(0, Kick("lr_multiply", {"factor": 2.0})))
+    clash = ModularTrainer(TrainConfig(**SMALL, lr=5e-3))
+    with pytest.raises(ValueError, match=r"changes \['lr'\] while kicks \['lr_multiply'\]"):
+        clash.load_state_dict(kicked.state_dict())
+
+
+def test_restart_needs_a_result_that_carries_a_checkpoint() -> None:
+    trial = Trial("fallback", config={"lr": 0.1}, stub=True)
+    with pytest.raises(ValueError, match="needs a result that carries a checkpoint"):
+        restart_with_config(None, trial, {"step": 3}, {"lr": 0.2})  # type: ignore[arg-type]
+    assert trial.config == {"lr": 0.1}
+
+
+# -- benchmark harness: decide ↔ acknowledgements, in-process ------------------------------------
+
+
+def test_plateau_policy_rolls_back_a_kick_that_made_the_run_forget() -> None:
+    spec = RunSpec(p=23, train_fraction=0.5, weight_decay=1.0, seed=0, kind="policy")
+    settings = BenchSettings(steps=300, eval_every=10, embed_dim=16, hidden_dim=64)
+    result = run_one(spec, settings, PlateauKick([HARMFUL, Kick("grokfast")]))
+    assert (result.kicks, result.rollbacks) == (2, 1)
+    assert result.forgetting >= 1 and result.memorized_step is not None
+
+
+def test_bench_main_prints_the_table_and_writes_every_run(tmp_path: Path, capsys) -> None:
+    output = tmp_path / "bench.json"
+    argv = ["--p", "23", "--train-fraction", "0.5", "--weight-decay", "1.0", "--steps", "200"]
+    argv += ["--embed-dim", "16", "--hidden-dim", "64", "--workers", "1", "--output", str(output)]
+    assert interventions_bench_main(argv) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| kind | grokked | median steps to grok |")
+    report = json.loads(output.read_text())
+    assert [row["kind"] for row in report["summary"]] == list(KIND_NAMES)
+    assert len(report["runs"]) == len(KIND_NAMES)
+
+
+# -- across processes, in a real local Ray cluster ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # Workers import trainables defined in this test module by name: put tests/ on their path.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
+    )
+    yield
+    ray.shutdown()
+
+
+class _KickThenRollback(tune.Callback):
+    """Plays the scheduler: posts a harmful kick from the driver at step ≥ 100, and a rollback
+    50 steps after the trial acknowledged it."""
+
+    def __init__(self) -> None:
+        self.channel = ControlChannel()
+        self.posted: list[int] = []
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict) -> None:
+        step, acked = result["step"], result["control/acked_id"]
+        if not self.posted and step >= 100:
+            self.channel.post(trial.trial_id, kick(0))
+            self.posted.append(0)
+        elif self.posted == [0] and acked == 0 and step >= result["control/applied_step"] + 50:
+            self.channel.post(trial.trial_id, Command(1, "rollback"))
+            self.posted.append(1)
+
+
+@pytest.mark.slow
+def test_a_tune_trial_applies_a_kick_posted_from_the_driver_and_rolls_back(
+    local_ray, tmp_path: Path
+) -> None:
+    config = {**SMALL, "p": 47, "eval_every": 25, "max_steps": 400, "control": True}
+    tuner = tune.Tuner(
+        modular_trainable,
+        param_space=config,
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), verbose=0, callbacks=[_KickThenRollback()]
+        ),
+    )
+    (result,) = tuner.fit()
+    assert result.error is None
+    rows = result.metrics_dataframe.sort_values("step").to_dict("records")
+    assert [r["step"] for r in rows] == list(range(25, 401, 25))  # monotone through it all
+
+    kicked = next(r for r in rows if r["control/acked_id"] == 0)
+    applied = kicked["control/applied_step"]
+    assert 100 <= applied < kicked["step"] and applied % 25 == 0  # polled right after a report
+    assert all(r["control/acked_id"] == -1 for r in rows if r["step"] <= applied)
+    before = next(r for r in rows if r["step"] == applied)["train_loss"]
+    assert math.isnan(kicked["train_loss"]) or kicked["train_loss"] > 10 * before
+    assert kicked["control/kicks_active"] == 1
+    assert kicked["should_checkpoint"]  # the snapshot is on storage with the first ack
+
+    rolled = next(r for r in rows if r["control/acked_id"] == 1)
+    assert rolled["control/rollbacks"] == 1 and rolled["control/kicks_active"] == 0
+    assert rolled["control/applied_step"] >= applied + 50
+    assert rolled["train_loss"] < before  # 25 steps on from the pre-kick weights
+    assert rows[-1]["train_loss"] < rolled["train_loss"]  # and training goes on
+    assert rows[-1]["control/rollbacks"] == 1
+
+
+def _counting(config: dict) -> None:
+    """A plain function trainable that never polls: reports its lr, checkpoints every 2 steps."""
+    step = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            step = int((Path(directory) / "step").read_text())
+    while step < 10:
+        step += 1
+        metrics = {"step": step, "lr": config["lr"]}
+        if step % 2 == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                (Path(directory) / "step").write_text(str(step))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            tune.report(metrics)
+
+
+class _RestartOnce(FIFOScheduler):
+    """Doubles lr by restart from step 3 on, at the first result that carries a checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[str] = []
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        if result["step"] >= 3 and trial.config["lr"] == 0.1:
+            new_config = {**trial.config, "lr": 0.2}
+            try:
+                return restart_with_config(tune_controller, trial, result, new_config, "lr=0.2")
+            except ValueError as error:  # no checkpoint in this result: keep the change pending
+                self.refused.append(str(error))
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+@pytest.mark.slow
+def test_restart_fallback_resumes_a_plain_trainable_under_its_new_config(
+    local_ray, tmp_path: Path
+) -> None:
+    scheduler = _RestartOnce()
+    tuner = tune.Tuner(
+        _counting,
+        param_space={"lr": 0.1},
+        tune_config=tune.TuneConfig(scheduler=scheduler),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    )
+    (result,) = tuner.fit()
+    assert result.error is None
+    assert result.config["lr"] == 0.2
+    history = [(r["step"], r["lr"]) for r in result.metrics_dataframe.to_dict("records")]
+    # Refused at 3 (no checkpoint), restarted at 4 from its own checkpoint, no step repeated.
+    assert history == [(s, 0.1) for s in range(1, 5)] + [(s, 0.2) for s in range(5, 11)]
+    assert len(scheduler.refused) == 1 and "carries a checkpoint" in scheduler.refused[0]
