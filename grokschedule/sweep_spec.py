@@ -98,6 +98,12 @@ def _check_modular(config: Mapping[str, Any]) -> object:
     return TrainConfig.from_mapping(config).task  # ModularTask checks op, p (prime), fraction
 
 
+def _check_deepspeed(config: Mapping[str, Any]) -> object:
+    from grokschedule.trainer.config import TrainerConfig  # keeps deepspeed off the import path
+
+    return TrainerConfig.from_mapping(config)  # ZeRO stage, batch divisibility, precision
+
+
 TRAINABLES: dict[str, TrainableKind] = {
     "modular": TrainableKind(
         "grokschedule.tasks.trainable:modular_trainable",
@@ -122,6 +128,10 @@ TRAINABLES: dict[str, TrainableKind] = {
             "checkpoint_every": int,
         },
         required=(frozenset({"bank", "index"}), frozenset({"curve_file", "curve"})),
+    ),
+    # Trainer and task keys share one flat config, so keys are not type-checked here.
+    "deepspeed": TrainableKind(
+        "grokschedule.trainer.tune:deepspeed_trainable", check=_check_deepspeed
     ),
 }
 

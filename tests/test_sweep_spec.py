@@ -199,6 +199,10 @@ def test_import_path_trainable_and_nested_config() -> None:
             "search_space.lr.uniform[0]: lr must be > 0",
         ),
         (
+            spec(trainable="deepspeed", search_space={"zero_stage": {"grid": [2, 4]}}),
+            "search_space.zero_stage.grid[1]: zero_stage must be one of (0, 1, 2, 3), got 4",
+        ),
+        (
             spec(trainable="replay", search_space={"curve": "a"}),
             "search_space: trainable 'replay' needs ['bank', 'index'] or ['curve', 'curve_file']",
         ),
