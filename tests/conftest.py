@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+import ray
 
 from grokschedule.phases import Observation
 
@@ -32,3 +33,21 @@ def observations(curve: Mapping[str, Sequence[float]]) -> Iterator[Observation]:
             weight_norm=curve["weight_norm"][i],
             extras={k: v[i] for k, v in curve.items() if k.startswith("grok/")},
         )
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A fresh local Ray cluster per test module (never an existing one on this machine).
+
+    Workers and the Train controller import what tests define (trainables, callbacks) by module
+    name, so tests/ goes on their path.
+    """
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
+    )
+    yield
+    ray.shutdown()

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
@@ -249,20 +248,6 @@ def test_bench_main_prints_the_table_and_writes_every_run(tmp_path: Path, capsys
 
 
 # -- across processes, in a real local Ray cluster ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    # Workers import trainables defined in this test module by name: put tests/ on their path.
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
-    )
-    yield
-    ray.shutdown()
 
 
 class _KickThenRollback(tune.Callback):

@@ -42,20 +42,6 @@ SPACE = {
 }
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    # The Train controller unpickles ReportLog by module name: put tests/ on its path.
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
-    )
-    yield
-    ray.shutdown()
-
-
 class ReportLog(UserCallback):
     """Appends rank 0's reports to a file: what a Train run reported, outside Tune."""
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 from ray import tune
 
 from grokschedule.phases import Phase
@@ -16,21 +15,6 @@ from grokschedule.tasks.trainable import modular_trainable
 from tune_plugins import GrokScheduler
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    # Workers import trainables defined in this test module by name: put tests/ on their path.
-    tests_dir = str(Path(__file__).parent)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": tests_dir}},
-    )
-    yield
-    ray.shutdown()
 
 
 def _settings(root: Path) -> SweepSettings:
