@@ -94,6 +94,25 @@ class Command:
         return data
 
 
+@dataclass(frozen=True)
+class ControlState:
+    """What a trainer reports back about commands; never rolled back, so it only grows."""
+
+    acked_id: int = -1
+    applied_step: int = -1
+    rollbacks: int = 0
+
+    def metrics(self, kicks_active: int) -> dict[str, int]:
+        """The acknowledgement keys (module docstring) every report of a polling trainer
+        carries; their presence is how the scheduler knows the trainable polls."""
+        return {
+            "control/acked_id": self.acked_id,
+            "control/applied_step": self.applied_step,
+            "control/rollbacks": self.rollbacks,
+            "control/kicks_active": kicks_active,
+        }
+
+
 class _Mailbox:
     """The actor's body: per-trial queues of command dicts."""
 

@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from grokschedule.control import Command as ChannelCommand
+from grokschedule.control import ControlState
 from grokschedule.kicks import Kick
 from grokschedule.trainer.config import TrainerConfig
 from grokschedule.trainer.engine import DeepSpeedRun, SetAdapterRank
@@ -97,6 +99,52 @@ def test_kicks_apply_in_place_and_the_sgd_switch_keeps_adamw_state(
     train(run, 1)
     train(restored, 1)  # same batches, same optimizer state: the same next step
     assert restored.weight_norm() == pytest.approx(run.weight_norm(), rel=1e-6)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_channel_kick_is_acknowledged_and_rollback_restores_the_point_across_a_restart(
+    process_group: None, tmp_path: Path, stage: int
+) -> None:
+    run = make_run(zero_stage=stage)
+    train(run, 3)
+    norm, moments = run.weight_norm(), adam_moments(run)
+    harmful = Kick("lr_multiply", {"factor": 1000.0}, duration_steps=50)
+    record = run.apply(ChannelCommand(0, "kick", harmful))
+    assert record is not None and run.lr == pytest.approx(3.0)
+    assert run.control == ControlState(acked_id=0, applied_step=3, rollbacks=0)
+    train(run, 2)
+    assert run.weight_norm() != norm
+
+    # A worker restart between the kick and the rollback: the point travels in the checkpoint.
+    run.save(tmp_path)
+    restored = DeepSpeedRun.restore(run.config, run.task, run.device, tmp_path)
+    assert restored.control == run.control and "lr_multiply" in restored.active
+    with pytest.raises(ValueError, match="not newer"):
+        restored.apply(ChannelCommand(0, "rollback"))
+    restored.apply(ChannelCommand(1, "rollback"))
+    assert restored.control == ControlState(acked_id=1, applied_step=5, rollbacks=1)
+    assert restored.step == 5 and not restored.active and restored.lr == 3e-3
+    assert restored.weight_norm() == pytest.approx(norm, rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(moments, adam_moments(restored), strict=True))
+    with pytest.raises(ValueError, match="no kick since the last rollback"):
+        restored.apply(ChannelCommand(2, "rollback"))
+
+
+def test_rollback_out_of_an_sgd_switch_restores_adamw(process_group: None) -> None:
+    run = make_run(zero_stage=2)
+    train(run, 2)
+    run.apply(ChannelCommand(0, "kick", Kick("lr_multiply", {"factor": 2.0}, duration_steps=10)))
+    train(run, 1)
+    norm = run.weight_norm()
+    run.apply(ChannelCommand(1, "kick", Kick("sgd_switch", {"lr": 0.5}, duration_steps=10)))
+    train(run, 2)
+    assert run.optimizer_name == "sgd"
+    run.apply(ChannelCommand(2, "rollback"))  # back to just before the switch, lr kick in force
+    assert run.optimizer_name == "adamw" and run.lr == pytest.approx(6e-3)
+    assert run.active["lr_multiply"].start == 2 + 2  # its window moved by the 2 steps undone
+    assert run.weight_norm() == pytest.approx(norm, rel=1e-6) and run.can_checkpoint
+    train(run, 1)
+    assert math.isfinite(run.meter.reduce()["train_loss"])
 
 
 def test_metrics_are_exact_over_the_whole_split_and_under_zero3(process_group: None) -> None:

@@ -15,6 +15,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchTrainer
 from ray.util.placement_group import placement_group_table
 
+from grokschedule.control import ControlChannel
 from grokschedule.kicks import Kick
 from grokschedule.trainer.engine import STATE_FILE
 from grokschedule.trainer.loop import ScriptedCommands, train_loop_per_worker
@@ -142,3 +143,46 @@ def test_stopped_trial_frees_its_workers_and_its_run_resumes(
     assert json.loads((Path(resumed.checkpoint.path) / STATE_FILE).read_text())["step"] == end
     assert len(checkpoint_dirs(run_dir)) == 2
     wait_for_all_cpus(timeout_s=20)
+
+
+class CommandPoster(tune.Callback):
+    """Plays the scheduler's part on the driver: a harmful kick once the trial reports, then
+    a rollback once the trainer has acknowledged the kick."""
+
+    def __init__(self) -> None:
+        self.channel = ControlChannel()
+        self.posted: list[int] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        acked = result.get("control/acked_id")
+        if not self.posted:
+            kick = Kick("lr_multiply", {"factor": 1000.0}, duration_steps=1000)
+            self.channel.post(trial.trial_id, {"id": 0, "type": "kick", "kick": kick.to_dict()})
+            self.posted.append(0)
+        elif self.posted == [0] and acked == 0:
+            self.channel.post(trial.trial_id, {"id": 1, "type": "rollback"})
+            self.posted.append(1)
+
+
+def test_channel_commands_reach_every_rank_and_are_acknowledged(local_ray, tmp_path: Path) -> None:
+    poster = CommandPoster()
+    tuner = tune.Tuner(
+        tune.with_resources(make_trainable(), {"cpu": 0.01}),
+        param_space={**SPACE, "control": True, "max_steps": 80, "checkpoint_every": 40},
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "ray_results"), verbose=0, callbacks=[poster]
+        ),
+    )
+    [result] = tuner.fit()
+    assert result.error is None and poster.posted == [0, 1]
+    history = result.metrics_dataframe.set_index("step")
+    assert (history["control/acked_id"].iloc[0], history["control/rollbacks"].iloc[0]) == (-1, 0)
+    kicked = history[history["control/acked_id"] == 0]
+    assert len(kicked) >= 1 and kicked["lr"].tolist() == pytest.approx([3.0] * len(kicked))
+    applied = int(kicked["control/applied_step"].iloc[0])
+    assert applied % SPACE["eval_every"] == 0  # polled every poll_every=10 steps, between steps
+    rolled = history[history["control/acked_id"] == 1]
+    assert len(rolled) >= 1 and (rolled["control/rollbacks"] == 1).all()
+    assert rolled["lr"].tolist() == pytest.approx([3e-3] * len(rolled))
+    assert (rolled["control/kicks_active"] == 0).all()
+    assert list(history.index) == list(range(10, 81, 10))  # steps stay monotone

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from grokschedule.control import KICK, Command
+from grokschedule.control import KICK, Command, ControlState
 from grokschedule.interventions import KickApplier
 from grokschedule.kicks import HYPERPARAM_KINDS, KickRecord
 from grokschedule.tasks.modular import ModularTask, build_model
@@ -84,15 +84,6 @@ def make_optimizer(
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
-
-
-@dataclass(frozen=True)
-class ControlState:
-    """What the trainer reports back about commands; never rolled back, so it only grows."""
-
-    acked_id: int = -1
-    applied_step: int = -1
-    rollbacks: int = 0
 
 
 # Poll function for ``ModularTrainer.run``: step -> command dicts to apply before that step.
@@ -184,12 +175,7 @@ class ModularTrainer:
 
     def control_metrics(self) -> dict[str, int]:
         """The acknowledgement keys every report carries when a control channel is in use."""
-        return {
-            "control/acked_id": self.control.acked_id,
-            "control/applied_step": self.control.applied_step,
-            "control/rollbacks": self.control.rollbacks,
-            "control/kicks_active": len(self.applier.active),
-        }
+        return self.control.metrics(len(self.applier.active))
 
     def _step_state(self) -> dict[str, Any]:
         """Everything the next steps depend on (shared tensors: copy before keeping it)."""

@@ -58,6 +58,7 @@ class TrainerConfig:
     checkpoint_every: int = 500  # steps; 0 disables checkpoints
     num_to_keep: int = 2
     poll_every: int = 10  # steps between polls of the command source
+    control: bool = False  # poll the live control channel (grokschedule.control)
     seed: int = 0
     torch_threads: int = 1
     memory_limit_gb: float | None = None  # per worker; None: the device's own capacity

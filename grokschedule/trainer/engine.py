@@ -22,6 +22,14 @@ Kicks (``grokschedule.kicks``) on a DeepSpeed engine, and why each is done the w
   taken inside the window: resuming it would need the home state too.
 - gradient transforms (``grad_noise``, ``grokfast``, ``ortho_grad``) are refused: ZeRO reduces and
   partitions gradients inside ``backward``, so there is no whole gradient to transform.
+
+Commands from the live control channel (``grokschedule.control.Command``) carry ids and are
+acknowledged in ``control``. Before a channel kick the run saves a rollback point — a DeepSpeed
+checkpoint in node-local scratch plus the kicks in force — and a ``rollback`` command loads it
+into a freshly built engine (the optimizer in force at the point, its moments included). As in
+the modular trainer the step counter is not rolled back (Tune's time attribute must stay
+monotone); the windows of the restored kicks move by the steps rolled back. A pending rollback
+point is copied into every checkpoint, so it survives a worker restart.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +50,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from grokschedule.control import KICK, ControlState
+from grokschedule.control import Command as ChannelCommand
 from grokschedule.interventions import read_hyperparams, write_hyperparams
 from grokschedule.kicks import (
     BATCH_SIZE,
@@ -61,6 +71,7 @@ from grokschedule.trainer.config import (
 from grokschedule.trainer.task import ExampleStats, Task
 
 TAG = "checkpoint"  # DeepSpeed tag inside every checkpoint directory
+ROLLBACK_TAG = "rollback"  # the rollback point's tag, and its directory inside a checkpoint
 STATE_FILE = "trainer_state.json"
 ENGINE_KINDS = HYPERPARAM_KINDS  # the kicks a DeepSpeed engine can take; see module docstring
 
@@ -77,7 +88,18 @@ class SetAdapterRank:
             raise ValueError(f"rank must be an int > 0, got {self.rank!r}")
 
 
-Command = Kick | SetAdapterRank
+Command = Kick | SetAdapterRank | ChannelCommand
+
+
+@dataclass(frozen=True)
+class RollbackPoint:
+    """Where a rollback returns to: the engine saved under ``ROLLBACK_TAG`` in ``directory``
+    (node-local scratch) and the run state beside it. ``switch_dir`` is the sgd_switch home
+    checkpoint in force then, kept alive while the point may need it."""
+
+    directory: Path
+    state: dict[str, Any]
+    switch_dir: Path | None
 
 
 class Meter:
@@ -160,6 +182,8 @@ class DeepSpeedRun:
         self.active: dict[str, ActiveKick] = {}
         self.meter = Meter(device)
         self.engine_builds = 0
+        self.control = ControlState()
+        self._rollback: RollbackPoint | None = None
         self._switch_dir: Path | None = None
         self._x_train, self._y_train = task.train_split()
         if state is not None:
@@ -169,7 +193,9 @@ class DeepSpeedRun:
                 self.active[kick.kind] = ActiveKick(kick, int(entry["start"]))
             if state.get("adapter_rank") is not None:
                 self.task = self.task.with_adapter_rank(int(state["adapter_rank"]))  # type: ignore[attr-defined]
+            self.control = ControlState(**state.get("control", {}))
         self.engine = self._build_engine(self.config.optimizer, self._model())
+        self.local_rank = int(self.engine.local_rank)  # rank on this node: who writes scratch
         self._write_hyperparams()
 
     # -- engine ------------------------------------------------------------------------------
@@ -298,10 +324,74 @@ class DeepSpeedRun:
     # -- kicks and commands ------------------------------------------------------------------
     def apply(self, command: Command) -> KickRecord | None:
         """Apply a command between optimizer steps; a kick returns its ``KickRecord``."""
+        if isinstance(command, ChannelCommand):
+            return self.apply_channel_command(command)
         if isinstance(command, SetAdapterRank):
             self.set_adapter_rank(command.rank)
             return None
         return self.apply_kick(command)
+
+    def apply_channel_command(self, command: ChannelCommand) -> KickRecord | None:
+        """A control-channel command: a kick behind a fresh rollback point, or a rollback.
+        ``ValueError`` for an id not above the last one applied or a rollback with no point."""
+        if command.id <= self.control.acked_id:
+            raise ValueError(
+                f"command {command.id} is not newer than the last one applied "
+                f"({self.control.acked_id}); ids must grow per trial"
+            )
+        record, rollbacks = None, self.control.rollbacks
+        if command.type == KICK:
+            assert command.kick is not None  # Command guarantees it for kicks
+            self._take_rollback_point()
+            record = self.apply_kick(command.kick)
+        else:
+            self.rollback()
+            rollbacks += 1
+        self.control = ControlState(command.id, self.step, rollbacks)
+        return record
+
+    def rollback(self) -> None:
+        """Return to the rollback point taken before the latest channel kick (module docstring)."""
+        point = self._rollback
+        if point is None:
+            raise ValueError("rollback: no kick since the last rollback to undo")
+        if point.state["adapter_rank"] != getattr(self.task, "adapter_rank", None):
+            raise ValueError("rollback: the LoRA rank changed since the kick; cannot restore")
+        gap = self.step - int(point.state["step"])
+        self._release_engine()
+        if self._switch_dir not in (None, point.switch_dir):
+            self._remove_scratch(self._switch_dir)
+        self._switch_dir = point.switch_dir
+        self.active = {
+            kick.kind: ActiveKick(kick, int(entry["start"]) + gap)
+            for entry in point.state["active"]
+            for kick in [Kick.from_dict(entry["kick"])]
+        }
+        self.engine = self._build_engine(self.optimizer_name, self._model())
+        self.engine.load_checkpoint(str(point.directory), ROLLBACK_TAG)
+        self._sync_accumulation()
+        self._write_hyperparams()
+        self._drop_rollback_point()
+
+    def _take_rollback_point(self) -> None:
+        self._drop_rollback_point()
+        directory = self._scratch_dir("rollback")
+        self._save_engine(directory, ROLLBACK_TAG)
+        self._rollback = RollbackPoint(directory, self._run_state(), self._switch_dir)
+
+    def _drop_rollback_point(self) -> None:
+        point, self._rollback = self._rollback, None
+        if point is None:
+            return
+        self._remove_scratch(point.directory)
+        if point.switch_dir not in (None, self._switch_dir):
+            self._remove_scratch(point.switch_dir)
+
+    def _remove_scratch(self, directory: Path | None) -> None:
+        if dist.is_initialized():
+            dist.barrier()  # every rank of the node is done reading it
+        if directory is not None and self.local_rank == 0:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def apply_kick(self, kick: Kick) -> KickRecord:
         """Put ``kick`` in force from the next optimizer step (``self.step``).
@@ -369,14 +459,14 @@ class DeepSpeedRun:
                 self.engine.gradient_accumulation_steps()
             )
 
-    def _switch_checkpoint_dir(self) -> Path:
+    def _scratch_dir(self, purpose: str) -> Path:
         """A directory with the same path on every node, so ranks load what their node's local
         rank 0 wrote (``use_node_local_storage``): model weights are written once per node."""
         token = broadcast_object(uuid.uuid4().hex if self.rank == 0 else None)
-        return Path(tempfile.gettempdir()) / "grokschedule-switch" / str(token)
+        return Path(tempfile.gettempdir()) / f"grokschedule-{purpose}" / str(token)
 
     def _rebuild_from_checkpoint(self, optimizer: str) -> None:
-        self._switch_dir = self._switch_checkpoint_dir()
+        self._switch_dir = self._scratch_dir("switch")
         self._save_engine(self._switch_dir, "home")
         self._release_engine()
         self.engine = self._build_engine(optimizer, self._model())
@@ -400,10 +490,8 @@ class DeepSpeedRun:
             self.engine.load_checkpoint(str(self._switch_dir), "sgd", load_optimizer_states=False)
         else:
             self.engine.load_checkpoint(str(self._switch_dir), "sgd", load_module_only=True)
-        if dist.is_initialized():
-            dist.barrier()
-        if self.engine.local_rank == 0:
-            shutil.rmtree(self._switch_dir, ignore_errors=True)
+        if self._rollback is None or self._rollback.switch_dir != self._switch_dir:
+            self._remove_scratch(self._switch_dir)  # else the rollback point still needs it
         self._switch_dir = None
 
     def _snapshot(self) -> dict[str, Any]:
@@ -429,20 +517,32 @@ class DeepSpeedRun:
         self.engine.save_checkpoint(str(directory), tag=tag)
 
     def save(self, directory: Path) -> None:
-        """Write this rank's part of a checkpoint into ``directory`` (every rank calls it)."""
+        """Write this rank's part of a checkpoint into ``directory`` (every rank calls it),
+        with the pending rollback point, if any."""
         if not self.can_checkpoint:
             raise ValueError("no checkpoint inside an sgd_switch window")
         self._save_engine(directory, TAG)
+        if self._rollback is not None and self.local_rank == 0:
+            shutil.copytree(
+                self._rollback.directory / ROLLBACK_TAG,
+                directory / ROLLBACK_TAG / ROLLBACK_TAG,
+                dirs_exist_ok=True,
+            )
         if self.rank == 0:
             (directory / STATE_FILE).write_text(json.dumps(self.state()))
 
-    def state(self) -> dict[str, Any]:
-        """What the engine does not hold: the step, kicks in force, the adapter's rank."""
+    def _run_state(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "active": [{"kick": a.kick.to_dict(), "start": a.start} for a in self.active.values()],
             "adapter_rank": getattr(self.task, "adapter_rank", None),
         }
+
+    def state(self) -> dict[str, Any]:
+        """What the engine does not hold: the step, kicks in force, the adapter's rank, the
+        control acknowledgements and the rollback point's own run state."""
+        rollback = None if self._rollback is None else self._rollback.state
+        return {**self._run_state(), "control": asdict(self.control), "rollback": rollback}
 
     @classmethod
     def restore(
@@ -453,6 +553,13 @@ class DeepSpeedRun:
         run = cls(config, task, device, state)
         run.engine.load_checkpoint(str(directory), TAG)
         run._write_hyperparams()
+        if state.get("rollback") is not None:  # a kick's rollback point: back into scratch
+            scratch = run._scratch_dir("rollback")
+            if run.local_rank == 0:
+                shutil.copytree(directory / ROLLBACK_TAG, scratch, dirs_exist_ok=True)
+            if dist.is_initialized():
+                dist.barrier()
+            run._rollback = RollbackPoint(scratch, state["rollback"], None)
         return run
 
 

@@ -5,6 +5,10 @@ Every rank runs this function. All ranks report (Train V2's ``report`` is collec
 all-reduced metrics; ``TuneReportCallback`` forwards rank 0's to Tune. Checkpoints are DeepSpeed
 checkpoints: every rank saves its shard into its own directory and reports it, and Ray merges
 them into one checkpoint directory in the run's storage.
+
+With the live control channel (``ChannelCommands``, config ``control=True`` under Tune) every
+report carries the ``control/*`` acknowledgements the scheduler reads, and the first report after
+a command carries a checkpoint, so the rollback point taken before a kick survives a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from grokschedule.control import Command as ChannelCommand
+from grokschedule.control import ControlClient
 from grokschedule.trainer.config import TrainerConfig, check_hardware, prepare_cuda_build_env
 from grokschedule.trainer.engine import Command, DeepSpeedRun, broadcast_object
 from grokschedule.trainer.task import build_task
@@ -40,6 +46,19 @@ class ScriptedCommands:
         """Everything scripted at or before ``step`` not yet handed out (polls may skip steps)."""
         due = sorted(s for s in self.script if s <= step)
         return [command for s in due for command in self.script.pop(s)]
+
+
+class ChannelCommands:
+    """The command source for a trial under ``GrokScheduler(interventions=...)``: what the
+    scheduler posted to the control channel for ``trial_id``, validated. The loop decides when to
+    ask (every ``poll_every`` steps), so the client asks the channel on every call. Picklable
+    before its first poll, which is how it travels to the workers."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.client = ControlClient(trial_id, poll_every=1)
+
+    def __call__(self, step: int) -> list[Command]:
+        return [ChannelCommand.from_dict(command) for command in self.client.poll(step)]
 
 
 def poll_commands(source: CommandSource | None, step: int) -> list[Command]:
@@ -80,6 +99,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             run = DeepSpeedRun.restore(config, task, device, Path(directory))
 
+    controlled = isinstance(source, ChannelCommands)
+    checkpointed_ack = run.control.acked_id
     started, examples = time.perf_counter(), 0  # throughput between reports, without them
     while run.step < config.max_steps:
         if run.step % config.poll_every == 0:
@@ -94,12 +115,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             torch.cuda.synchronize()  # count the kernels queued so far, not just their launch
         tokens_per_s = examples * run.task.tokens_per_example / (time.perf_counter() - started)
         metrics = {**report_metrics(run), "tokens_per_s": tokens_per_s}
-        save = (
-            config.checkpoint_every
-            and run.can_checkpoint
-            and (run.step % config.checkpoint_every == 0 or run.step == config.max_steps)
-        )
-        if save:
+        if controlled:
+            metrics.update(run.control.metrics(len(run.active)))
+        every = config.checkpoint_every
+        due = every and (run.step % every == 0 or run.step == config.max_steps)
+        if run.can_checkpoint and (due or (every and run.control.acked_id != checkpointed_ack)):
+            checkpointed_ack = run.control.acked_id
             with tempfile.TemporaryDirectory() as directory:
                 run.save(Path(directory))
                 checkpoint = ray.train.Checkpoint.from_directory(directory)

@@ -31,7 +31,12 @@ from grokschedule.trainer.guard import (
     register_reaper,
     start_reaper,
 )
-from grokschedule.trainer.loop import COMMANDS_KEY, CommandSource, train_loop_per_worker
+from grokschedule.trainer.loop import (
+    COMMANDS_KEY,
+    ChannelCommands,
+    CommandSource,
+    train_loop_per_worker,
+)
 from grokschedule.trainer.task import build_task
 
 TRAIN_RUN_NAME = "train"  # the Train run's directory inside the trial's directory
@@ -43,7 +48,9 @@ def make_trainable(
     commands: CommandSourceFactory | None = None,
 ) -> Callable[[dict[str, Any]], None]:
     """A Tune function trainable; ``commands(trial_id)`` gives the source of live commands
-    (kicks, LoRA rank) that rank 0 polls every ``poll_every`` steps."""
+    (kicks, LoRA rank) that rank 0 polls every ``poll_every`` steps. Without it a trial whose
+    config sets ``control=True`` polls the live control channel, so ``GrokScheduler``'s kicks
+    and rollbacks reach its DeepSpeed engine."""
 
     def deepspeed_trainable(config: dict[str, Any]) -> None:
         # Bad input fails here, in milliseconds, before any worker is placed.
@@ -51,8 +58,11 @@ def make_trainable(
         build_task(trainer_config.task, config, trainer_config.activation_checkpointing)
         context = tune.get_context()
         loop_config = dict(config)
+        trial_id = context.get_trial_id()
         if commands is not None:
-            loop_config[COMMANDS_KEY] = commands(context.get_trial_id())
+            loop_config[COMMANDS_KEY] = commands(trial_id)
+        elif trainer_config.control:
+            loop_config[COMMANDS_KEY] = ChannelCommands(trial_id)
         run(trainer_config, loop_config)
 
     # Tune builds the trial's Trainable class with these mixins: stop and pause then abort the
