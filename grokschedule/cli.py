@@ -17,6 +17,7 @@ BENCHMARKS = {
     "bank": "grokschedule.bench.bank:bank_main",
     "interventions": "grokschedule.bench.interventions:interventions_bench_main",
     "load": "grokschedule.bench.load:load_bench_main",
+    "probes": "grokschedule.bench.probes:probes_bench_main",
     "replay": "grokschedule.bench.replay_bench:replay_bench_main",
 }
 

@@ -21,7 +21,7 @@ OPERATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]]
     "div": lambda x, y, p: (x * _modpow(y, p - 2, p)) % p,
     "x2y2": lambda x, y, p: (x * x + y * y) % p,
 }
-ARCHITECTURES = ("mlp", "transformer")
+ARCHITECTURES = ("mlp", "transformer", "moe")
 
 
 def _modpow(base: torch.Tensor, exponent: int, modulus: int) -> torch.Tensor:
@@ -103,6 +103,53 @@ class ModularTransformer(nn.Module):
         return self.out(self.block(sequence)[:, -1])
 
 
+class ModularMoE(nn.Module):
+    """Embed both operands, then ``layers`` residual mixture-of-experts blocks, then logits.
+
+    Each block routes every sample to one of ``experts`` small ReLU MLPs (top-1, Switch-style:
+    the expert's output is scaled by its softmax gate so the router gets a gradient), hidden
+    width ``hidden_dim // experts`` so a block costs about one dense hidden layer. There is no
+    load-balancing loss: whether routing spreads or collapses is part of what the pathway probe
+    (``grokschedule.probes.routing_pathways``) measures. The last forward's expert choices are
+    kept in ``router_choices`` ``(N, layers)``, detached.
+    """
+
+    def __init__(
+        self, p: int, embed_dim: int = 128, hidden_dim: int = 512, experts: int = 4, layers: int = 2
+    ) -> None:
+        super().__init__()
+        width, expert_hidden = 2 * embed_dim, max(1, hidden_dim // experts)
+        self.embed = nn.Embedding(p, embed_dim)
+        self.routers = nn.ModuleList(nn.Linear(width, experts) for _ in range(layers))
+        self.experts = nn.ModuleList(
+            nn.ModuleList(
+                nn.Sequential(
+                    nn.Linear(width, expert_hidden), nn.ReLU(), nn.Linear(expert_hidden, width)
+                )
+                for _ in range(experts)
+            )
+            for _ in range(layers)
+        )
+        self.out = nn.Linear(width, p)
+        self.router_choices: torch.Tensor | None = None
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        h = self.embed(pairs).flatten(1)
+        choices = []
+        for router, experts in zip(self.routers, self.experts, strict=True):
+            gates = router(h).softmax(-1)
+            gate, choice = gates.max(-1)
+            mixed = torch.zeros_like(h)
+            for e, expert in enumerate(experts):
+                rows = (choice == e).nonzero().squeeze(1)
+                if len(rows):
+                    mixed = mixed.index_add(0, rows, gate[rows, None] * expert(h[rows]))
+            h = h + mixed
+            choices.append(choice)
+        self.router_choices = torch.stack(choices, dim=1).detach()
+        return self.out(h)
+
+
 def build_model(
     arch: str, p: int, embed_dim: int = 128, hidden_dim: int = 512, init_scale: float = 1.0
 ) -> nn.Module:
@@ -112,6 +159,8 @@ def build_model(
         model: nn.Module = ModularMLP(p, embed_dim, hidden_dim)
     elif arch == "transformer":
         model = ModularTransformer(p, embed_dim, hidden_dim)
+    elif arch == "moe":
+        model = ModularMoE(p, embed_dim, hidden_dim)
     else:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     if init_scale <= 0:

@@ -11,12 +11,18 @@ Before a kick the trainer keeps a rollback snapshot of everything a step depends
 ``rollback`` command restores it. The step counter is *not* rolled back: it counts optimizer steps
 taken, so it stays monotone as Tune's ``time_attr`` must, and the windows of the kicks in the
 snapshot are shifted by the steps rolled back so each resumes with the time it had left.
+
+Probes (``probe_every``): ``grokschedule.probes`` reads the raw gradients every step (slow-gradient
+EMA) and adds its ``grok/*`` metrics to the evaluations where a probe is due. They are monitors:
+checkpointed with the run, but not part of a kick's rollback snapshot, and they never touch the
+model, the optimizer or the RNGs, so the trajectory is the same with probes on or off.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from grokschedule.control import KICK, Command, ControlState
 from grokschedule.interventions import KickApplier
 from grokschedule.kicks import HYPERPARAM_KINDS, KickRecord
+from grokschedule.probes import ModelProbes
 from grokschedule.tasks.modular import ModularTask, build_model
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -51,6 +58,8 @@ class TrainConfig:
     batch_size: int | None = None  # None: full batch
     max_steps: int = 5_000
     eval_every: int = 50
+    probe_every: int | None = None  # None: no in-training probes (grokschedule.probes)
+    probe_budget: float = 0.01  # probes' share of training time at most
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -64,6 +73,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size <= 0:
             raise ValueError(f"batch_size must be > 0 or None, got {self.batch_size}")
+        if self.probe_every is not None and self.probe_every <= 0:
+            raise ValueError(f"probe_every must be > 0 or None, got {self.probe_every}")
+        if not 0.0 < self.probe_budget <= 1.0:
+            raise ValueError(f"probe_budget must be in (0, 1], got {self.probe_budget}")
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> TrainConfig:
@@ -118,6 +131,11 @@ class ModularTrainer:
         self._batch_generator = torch.Generator().manual_seed(config.seed + 1)
         size = config.batch_size
         self._batch_size = None if size is None or size >= len(self.x_train) else size
+        self.probes: ModelProbes | None = None
+        if config.probe_every is not None:  # training inputs only: probes need no test set
+            self.probes = ModelProbes(
+                self.model, self.x_train, config.probe_every, config.probe_budget, seed=config.seed
+            )
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._batch_size is None:
@@ -133,6 +151,7 @@ class ModularTrainer:
         rescales lr (the kick's ``scale_lr``)."""
         applier = self.applier
         optimizer = applier.optimizer
+        start = time.perf_counter()
         self.model.train()
         optimizer.zero_grad(set_to_none=True)
         micro = 1 if self._batch_size is None else applier.accumulation_steps
@@ -140,10 +159,14 @@ class ModularTrainer:
             x, y = self._batch()
             loss = F.cross_entropy(self.model(x), y)
             (loss if micro == 1 else loss / micro).backward()
+        if self.probes is not None:  # raw gradients, before any kick transforms them
+            self.probes.after_backward(measure=self.probes.schedule.due(self.step + 1))
         applier.before_step(self.step)
         optimizer.step()
         applier.after_step(self.step)
         self.step += 1
+        if self.probes is not None:
+            self.probes.schedule.step_done(time.perf_counter() - start)
 
     def apply_command(self, command: Mapping[str, Any] | Command) -> KickRecord | None:
         """Apply a control command now, between steps; returns the kick's record (None for a
@@ -217,6 +240,7 @@ class ModularTrainer:
             "grok/val_confidence": float(val_probs.max(-1).values.mean()),
             "grok/val_correct_prob": float(val_probs.gather(1, self.y_val[:, None]).mean()),
             "grok/zero_loss_share": float((train_losses == 0).float().mean()),
+            **(self.probes.metrics(self.step) if self.probes is not None else {}),
         }
 
     def run(self, poll: Poll | None = None) -> Iterator[dict[str, float]]:
@@ -238,6 +262,7 @@ class ModularTrainer:
             "config": asdict(self.config),
             "control": asdict(self.control),
             "rollback": self._rollback,
+            "probes": None if self.probes is None else self.probes.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -272,3 +297,5 @@ class ModularTrainer:
         self._batch_generator.set_state(state["batch_rng"])
         self.control = ControlState(**state["control"])
         self._rollback = state["rollback"]
+        if self.probes is not None and state.get("probes") is not None:
+            self.probes.load_state_dict(state["probes"])
