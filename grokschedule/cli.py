@@ -19,6 +19,7 @@ BENCHMARKS = {
     "load": "grokschedule.bench.load:load_bench_main",
     "probes": "grokschedule.bench.probes:probes_bench_main",
     "replay": "grokschedule.bench.replay_bench:replay_bench_main",
+    "soak": "grokschedule.bench.soak:soak_main",
 }
 
 

@@ -24,24 +24,28 @@ sweep's driver; clients only look it up, since an actor made by a trial's worker
 that worker. It is not detached: commands are meaningless once the driver that decided them is
 gone, and a detached actor would outlive crashed sweeps on a shared cluster.
 
-Trainables that do not poll the channel get kicks PBT-style instead: ``restart_with_config``.
+Trainables that do not poll the channel get kicks PBT-style instead: ``config_change`` says what
+a kick becomes in a config, ``restart_with_config`` restarts the trial under it.
 
 Ray is imported where it is used, so the Ray-free trainer and benchmark can use ``Command``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from grokschedule.kicks import Kick
+from grokschedule.kicks import BATCH_SIZE, LR_MULTIPLY, SGD_SWITCH, WEIGHT_DECAY, Kick
 
 if TYPE_CHECKING:
+    from ray import ObjectRef
     from ray.actor import ActorHandle
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.experiment import Trial
 
+logger = logging.getLogger(__name__)
 CHANNEL_NAME = "grokschedule-control"
 KICK = "kick"
 ROLLBACK = "rollback"
@@ -180,7 +184,12 @@ class ControlChannel:
 class ControlClient:
     """Trainer side: ``poll(step)`` returns the commands posted for this trial since the last
     poll, asking the actor at most every ``poll_every`` steps. Until the scheduler has posted
-    anything the actor may not exist yet; that reads as no commands."""
+    anything the actor may not exist yet; that reads as no commands.
+
+    A slow answer never fails the trial: after ``timeout_s`` the poll returns nothing and keeps
+    the request, whose commands (the actor has already handed them over) come with a later poll
+    instead of being lost. On a loaded cluster a 30 s ``ray.get`` timeout did fail trials here.
+    """
 
     def __init__(
         self,
@@ -188,13 +197,14 @@ class ControlClient:
         poll_every: int,
         name: str = CHANNEL_NAME,
         namespace: str | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = 5.0,
     ) -> None:
         if isinstance(poll_every, bool) or not isinstance(poll_every, int) or poll_every <= 0:
             raise ValueError(f"poll_every must be an int > 0, got {poll_every!r}")
         self.trial_id, self.poll_every = trial_id, poll_every
         self.name, self.namespace, self.timeout_s = name, namespace, timeout_s
         self._handle: ActorHandle[_Mailbox] | None = None
+        self._pending: ObjectRef[list[dict[str, Any]]] | None = None
         self._next_poll: int | None = None
 
     def poll(self, step: int) -> list[dict[str, Any]]:
@@ -203,15 +213,68 @@ class ControlClient:
         self._next_poll = step + self.poll_every
         import ray
 
-        if self._handle is None:
-            try:
-                self._handle = ray.get_actor(self.name, namespace=self.namespace)
-            except ValueError:  # not made yet: nothing was ever posted
-                return []
-        commands: list[dict[str, Any]] = ray.get(
-            self._handle.take.remote(self.trial_id), timeout=self.timeout_s
-        )
+        if self._pending is None:
+            if self._handle is None:
+                try:
+                    self._handle = ray.get_actor(self.name, namespace=self.namespace)
+                except ValueError:  # not made yet: nothing was ever posted
+                    return []
+            self._pending = self._handle.take.remote(self.trial_id)
+        ready, _ = ray.wait([self._pending], timeout=self.timeout_s)
+        if not ready:
+            logger.warning(
+                "control channel: no answer for trial %s within %.0f s at step %d; its "
+                "commands will be collected at the next poll",
+                self.trial_id,
+                self.timeout_s,
+                step,
+            )
+            return []
+        request, self._pending = self._pending, None
+        commands: list[dict[str, Any]] = ray.get(request)
         return commands
+
+
+RESTART_KINDS = (LR_MULTIPLY, WEIGHT_DECAY, BATCH_SIZE, SGD_SWITCH)
+
+
+def config_change(kick: Kick, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config keys that carry ``kick`` out in a trainable restarted under
+    ``{**config, **change}``, for a trainable that reads the usual names: ``lr``,
+    ``weight_decay``, ``batch_size``, ``optimizer`` and ``momentum``.
+
+    Only kinds that are a hyperparameter (``RESTART_KINDS``) have a config equivalent; gradient
+    transforms and an lr cycle act inside the step and need the live channel. A kick whose key
+    the config does not hold, or holds as ``None`` (a full-batch run has no larger batch), is a
+    ``ValueError`` too: the scheduler cannot know the value to multiply. The change lasts until
+    the next restart, so ``duration_steps`` is the caller's to honour.
+    """
+    if kick.kind not in RESTART_KINDS:
+        raise ValueError(
+            f"a {kick.kind} kick cannot be a config change (only {RESTART_KINDS}); "
+            "it needs a trainable that polls the control channel"
+        )
+    params = kick.params
+    if kick.kind == SGD_SWITCH:
+        return {"optimizer": "sgd", "lr": params["lr"], "momentum": params["momentum"]}
+
+    def current(key: str) -> float:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(
+                f"a {kick.kind} kick needs a number under {key!r} in the trial's config, "
+                f"got {value!r}"
+            )
+        return float(value)
+
+    if kick.kind == LR_MULTIPLY:
+        return {"lr": current("lr") * params["factor"]}
+    if kick.kind == WEIGHT_DECAY:
+        return {"weight_decay": current("weight_decay") * params["factor"]}
+    change: dict[str, Any] = {"batch_size": int(current("batch_size")) * int(params["factor"])}
+    if params["scale_lr"]:
+        change["lr"] = current("lr") * kick.lr_factor(0)
+    return change
 
 
 def restart_with_config(

@@ -4,12 +4,18 @@ Pure Python + numpy, like the rest of the decision core. A trial gets at most ``
 kicks, each once its plateau has been quiet for ``kick_at`` × its patience, with ``cooldown``
 steps between kicks. Which kind is chosen by Thompson sampling over the whole sweep: each kind
 keeps a Beta(1 + helped, 1 + failed) posterior, where *helped* means transition evidence (or
-grokking) appeared after the kick took effect. A kick that makes training worse than before by
-``rollback_margin`` and does not recover within ``rollback_window`` steps — or that diverges —
-is rolled back and marked harmful for that trial.
+grokking) appeared after the kick took effect. A kind the sweep has not judged yet goes first, in
+the order of ``KickConfig.kicks`` (list the one you trust most first): the usual first round of a
+bandit, which with no data to sample from would otherwise pick at random. A kick that makes
+training worse than before by ``rollback_margin`` and does not recover within
+``rollback_window`` steps — or that diverges — is rolled back and marked harmful for that trial.
 
 The trainer acknowledges commands in its metrics (``control/acked_id``,
-``control/applied_step``), so the policy knows the step each kick took effect.
+``control/applied_step``), so the policy knows the step each kick took effect. The same
+``control/*`` mapping may carry ``control/weight_decay``, the trial's current weight decay (the
+scheduler fills it from the trial's config when the trainer does not report it): a weight-decay
+kick multiplies it, so a trial at weight decay 0 never gets one, nor one whose weight decay the
+kick would take above ``KickConfig.max_weight_decay`` (the raise is for runs with too little).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 
 from grokschedule.kicks import GROKFAST, LR_MULTIPLY, ORTHO_GRAD, WEIGHT_DECAY, Kick
 
+WEIGHT_DECAY_KEY = "control/weight_decay"
 DEFAULT_KICKS: tuple[Kick, ...] = (
     Kick(GROKFAST, {"alpha": 0.98, "lamb": 2.0}),
     Kick(LR_MULTIPLY, {"factor": 3.0}, duration_steps=300),
@@ -42,6 +49,7 @@ class KickConfig:
     rollback_margin: float = 0.1
     rollback_window: float = 200
     seed: int = 0
+    max_weight_decay: float | None = None  # no weight-decay kick beyond it (None: no limit)
 
     def __post_init__(self) -> None:
         if not self.kicks:
@@ -53,6 +61,8 @@ class KickConfig:
             raise ValueError(f"max_kicks must be >= 1, got {self.max_kicks}")
         if not 0 < self.kick_at < 1:
             raise ValueError(f"kick_at must be in (0, 1) (share of patience), got {self.kick_at}")
+        if self.max_weight_decay is not None and not self.max_weight_decay > 0:
+            raise ValueError(f"max_weight_decay must be > 0 or None, got {self.max_weight_decay}")
         for name in ("cooldown", "rollback_margin", "rollback_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -112,6 +122,8 @@ class TrialKicks:
     rollback_pending: int | None = None
     worse_since: float | None = None
     last_kick_step: float | None = None
+    weight_decay: float | None = None  # the trial's current value, when known
+    unavailable: set[str] = field(default_factory=set)  # kinds its trainable cannot carry out
 
 
 class KickPolicy:
@@ -132,6 +144,8 @@ class KickPolicy:
     ) -> None:
         """Read the trainer's acknowledgements; remember the pre-kick train metrics."""
         t = self.trial(trial_id)
+        if WEIGHT_DECAY_KEY in control:
+            t.weight_decay = float(control[WEIGHT_DECAY_KEY])
         acked = int(control.get("control/acked_id", -1))
         applied_step = float(control.get("control/applied_step", math.nan))
         for command_id in sorted(i for i in t.pending if i <= acked):
@@ -158,15 +172,21 @@ class KickPolicy:
             return None
         if t.last_kick_step is not None and step - t.last_kick_step < self.config.cooldown:
             return None
-        tried = {kick.kind for _, kick, _ in t.applied}
-        candidates = [k for k in self.config.kicks if k.kind not in t.harmful | tried]
+        skip = t.harmful | t.unavailable | {kick.kind for _, kick, _ in t.applied}
+        if t.weight_decay is not None and not self._weight_decay_kick_helps(t.weight_decay):
+            skip.add(WEIGHT_DECAY)
+        candidates = [k for k in self.config.kicks if k.kind not in skip]
         if not candidates:
             return None
-        draws = [
-            self._rng.beta(1 + self.stats[k.kind].helped, 1 + self.stats[k.kind].failed)
-            for k in candidates
-        ]
-        kick = candidates[int(np.argmax(draws))]
+        untried = [k for k in candidates if self.stats[k.kind] == KickStats()]
+        if untried:
+            kick = untried[0]
+        else:
+            draws = [
+                self._rng.beta(1 + self.stats[k.kind].helped, 1 + self.stats[k.kind].failed)
+                for k in candidates
+            ]
+            kick = candidates[int(np.argmax(draws))]
         command_id = t.next_id
         t.next_id += 1
         t.used += 1
@@ -174,16 +194,37 @@ class KickPolicy:
         t.baseline = train
         return command_id, kick
 
+    def _weight_decay_kick_helps(self, weight_decay: float) -> bool:
+        """False at weight decay 0 (a multiple of 0 changes nothing) or when the kick would take
+        it above ``max_weight_decay``."""
+        template = next((k for k in self.config.kicks if k.kind == WEIGHT_DECAY), None)
+        if weight_decay == 0 or template is None:
+            return weight_decay != 0
+        cap = self.config.max_weight_decay
+        return cap is None or weight_decay * template.wd_factor() <= cap * (1 + 1e-9)
+
+    def not_applied(self, trial_id: str, command_id: int) -> Kick:
+        """The trial's trainable cannot carry out posted kick ``command_id`` (e.g. a gradient
+        transform for a trainable that only takes config changes): it does not count against
+        ``max_kicks``, teaches the sweep nothing, and its kind is not chosen again for the trial."""
+        t = self.trial(trial_id)
+        kick = t.pending.pop(command_id)
+        t.used -= 1
+        t.unavailable.add(kick.kind)
+        return kick
+
     def harm(self, trial_id: str, step: float, train: tuple[float, float], diverged: bool) -> str:
         """Why the last applied kick should be rolled back now, or ``""``."""
         t = self.trial(trial_id)
         if not t.applied or t.baseline is None or t.rollback_pending is not None:
             return ""
         command_id, kick, applied_step = t.applied[-1]
-        if command_id in t.judged or kick.kind in t.harmful:
+        if kick.kind in t.harmful:
             return ""
-        if diverged:
+        if diverged:  # even after it was credited: a kick still in force may blow up later
             return f"{kick.kind} kick at step {applied_step:.0f} diverged"
+        if command_id in t.judged:
+            return ""
         loss0, acc0 = t.baseline
         loss, acc = train
         margin = self.config.rollback_margin

@@ -7,10 +7,12 @@ import io
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
@@ -19,12 +21,19 @@ from ray.tune.schedulers import FIFOScheduler
 from grokschedule.bench.interventions import (
     KIND_NAMES,
     BenchSettings,
-    PlateauKick,
+    PolicyDecide,
     RunSpec,
+    bench_policy,
     interventions_bench_main,
     run_one,
 )
-from grokschedule.control import Command, ControlChannel, ControlClient, restart_with_config
+from grokschedule.control import (
+    Command,
+    ControlChannel,
+    ControlClient,
+    config_change,
+    restart_with_config,
+)
 from grokschedule.kicks import Kick
 from grokschedule.tasks.trainable import kick_config_change, modular_trainable
 from grokschedule.tasks.training import ModularTrainer, TrainConfig
@@ -195,6 +204,18 @@ def test_kick_config_change_for_the_built_in_trainable() -> None:
         kick_config_change(Kick("batch_size", {"factor": 2}, 10), {"lr": 1e-3})
 
 
+def test_generic_config_change_reads_the_usual_keys_and_refuses_what_it_cannot_know() -> None:
+    config = {"lr": 0.1, "weight_decay": 0.0, "batch_size": 32}
+    assert config_change(Kick("lr_multiply", {"factor": 3.0}, 10), config) == {
+        "lr": pytest.approx(0.3)
+    }
+    assert config_change(Kick("batch_size", {"factor": 2}, 10), config) == {"batch_size": 64}
+    with pytest.raises(ValueError, match=r"needs a number under 'weight_decay'.*got None"):
+        config_change(Kick("weight_decay", {"factor": 3.0}), {"lr": 0.1})
+    with pytest.raises(ValueError, match="a ortho_grad kick cannot be a config change"):
+        config_change(Kick("ortho_grad"), config)
+
+
 def test_a_restart_under_a_changed_config_takes_the_new_values() -> None:
     trainer = ModularTrainer(TrainConfig(**SMALL, lr=1e-3))
     train(trainer, 5)
@@ -227,12 +248,18 @@ def test_restart_needs_a_result_that_carries_a_checkpoint() -> None:
 # -- benchmark harness: decide ↔ acknowledgements, in-process ------------------------------------
 
 
-def test_plateau_policy_rolls_back_a_kick_that_made_the_run_forget() -> None:
+def test_the_bench_drives_grok_policy_which_rolls_back_a_harmful_kick() -> None:
     spec = RunSpec(p=23, train_fraction=0.5, weight_decay=1.0, seed=0, kind="policy")
-    settings = BenchSettings(steps=300, eval_every=10, embed_dim=16, hidden_dim=64)
-    result = run_one(spec, settings, PlateauKick([HARMFUL, Kick("grokfast")]))
-    assert (result.kicks, result.rollbacks) == (2, 1)
-    assert result.forgetting >= 1 and result.memorized_step is not None
+    settings = BenchSettings(steps=400, eval_every=10, embed_dim=16, hidden_dim=64)
+    decide = PolicyDecide(bench_policy(settings, kicks=[HARMFUL, Kick("grokfast")]))
+    result = run_one(spec, settings, decide)
+    assert result.memorized_step is not None and result.rollbacks == 1
+    kick, rollback = result.kick_log[:2]
+    assert " KICK kick lr_multiply {'factor': 1000.0}: plateau quiet" in kick
+    assert " ROLLBACK rollback: lr_multiply kick at step " in rollback
+    state = decide.policy.kicks.trial(spec.trial_id)
+    assert state.harmful == {"lr_multiply"} and state.rollbacks == 1
+    assert result.kicks == len([entry for entry in result.kick_log if " KICK " in entry])
 
 
 def test_bench_main_prints_the_table_and_writes_every_run(tmp_path: Path, capsys) -> None:
@@ -355,3 +382,29 @@ def test_restart_fallback_resumes_a_plain_trainable_under_its_new_config(
     # Refused at 3 (no checkpoint), restarted at 4 from its own checkpoint, no step repeated.
     assert history == [(s, 0.1) for s in range(1, 5)] + [(s, 0.2) for s in range(5, 11)]
     assert len(scheduler.refused) == 1 and "carries a checkpoint" in scheduler.refused[0]
+
+
+class _SlowMailbox:
+    """A mailbox that answers its first ``take`` late, as an overloaded cluster does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def take(self, trial_id: str) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(2.0)
+        return [{"id": self.calls - 1, "type": "rollback"}]
+
+
+def test_a_slow_channel_delays_commands_but_neither_fails_nor_loses_them(local_ray) -> None:
+    name = "slow-mailbox-test"
+    slow = ray.remote(_SlowMailbox).options(name=name, num_cpus=0).remote()
+    client = ControlClient("trial", poll_every=1, name=name, timeout_s=0.2)
+    assert client.poll(0) == []  # no answer in time: nothing yet, no error
+    step, deadline = 1, time.monotonic() + 60
+    while (commands := client.poll(step)) == [] and time.monotonic() < deadline:
+        step += 1
+    assert commands == [{"id": 0, "type": "rollback"}]  # the late answer, not lost
+    assert client.poll(step + 1) == [{"id": 1, "type": "rollback"}]
+    ray.kill(slow)

@@ -6,7 +6,7 @@ import pytest
 from conftest import observations
 
 from grokschedule.kick_policy import KickConfig
-from grokschedule.kicks import GROKFAST, LR_MULTIPLY, Kick
+from grokschedule.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
 from grokschedule.phases import Observation, Phase
 from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
 
@@ -135,3 +135,73 @@ def test_interventions_from_user_shorthands() -> None:
     assert [k.kind for k in KickConfig.from_user(["grokfast"]).kicks] == ["grokfast"]
     custom = KickConfig.from_user({"kicks": [{"kind": "lr_multiply", "params": {"factor": 10}}]})
     assert custom.kicks[0].params == {"factor": 10.0}
+
+
+def _kinds_chosen(policy: GrokPolicy, trial: str, control: dict[str, float]) -> list[str]:
+    """Kick kinds a plateau gets when every kick is acknowledged at once."""
+    kinds: list[str] = []
+    for step in range(50, 3000, 50):
+        obs = Observation(
+            step=step, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0, control=control
+        )
+        decision = policy.observe(trial, obs)
+        if decision.kind is DecisionKind.KICK:
+            kinds.append(decision.command["kick"]["kind"])
+            control = {**control, "control/acked_id": decision.command["id"]}
+            control["control/applied_step"] = step
+    return kinds
+
+
+def test_no_weight_decay_kick_at_zero_or_past_the_cap_and_untried_kinds_go_in_order() -> None:
+    def policy(**options) -> GrokPolicy:
+        kicks = KickConfig(
+            kicks=(Kick(WEIGHT_DECAY, {"factor": 10.0}), Kick(LR_MULTIPLY, {"factor": 3.0}, 100)),
+            max_kicks=2,
+            cooldown=0,
+            **options,
+        )
+        return GrokPolicy(PolicyConfig(max_t=3000, interventions=kicks))
+
+    both = [WEIGHT_DECAY, LR_MULTIPLY]  # in the order listed: nothing judged yet
+    assert _kinds_chosen(policy(), "w", {"control/weight_decay": 0.1}) == both
+    assert _kinds_chosen(policy(), "u", {}) == both  # weight decay unknown: allowed
+    assert _kinds_chosen(policy(), "z", {"control/weight_decay": 0.0}) == [LR_MULTIPLY]
+    capped = policy(max_weight_decay=1.0)
+    assert _kinds_chosen(capped, "c", {"control/weight_decay": 0.1}) == both  # 0.1 × 10 ≤ 1
+    assert _kinds_chosen(capped, "s", {"control/weight_decay": 0.5}) == [LR_MULTIPLY]
+    with pytest.raises(ValueError, match="max_weight_decay must be > 0"):
+        KickConfig(max_weight_decay=0.0)
+
+
+def test_a_kick_its_trainable_cannot_carry_out_is_not_counted_nor_chosen_again() -> None:
+    policy = _policy(max_kicks=1)
+    _plateau(policy, "n", 1000)
+    kick = next(d for d in policy.log["n"] if d.kind is DecisionKind.KICK)
+    skipped = policy.kicks.not_applied("n", kick.command["id"])
+    assert skipped.kind == kick.command["kick"]["kind"]
+    state = policy.kicks.trial("n")
+    assert state.used == 0 and not state.pending and state.unavailable == {skipped.kind}
+    assert all(s.helped == s.failed == 0 for s in policy.kicks.stats.values())
+    nxt = policy.observe(
+        "n", Observation(step=1050, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0)
+    )
+    assert nxt.kind is DecisionKind.KICK and nxt.command["kick"]["kind"] != skipped.kind
+    assert nxt.command["id"] == kick.command["id"] + 1  # ids still grow
+
+
+def test_a_kick_credited_as_helping_is_still_rolled_back_if_it_diverges_later() -> None:
+    policy = _policy()
+    _plateau(policy, "late", 1000)
+    kick = next(d for d in policy.log["late"] if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    step = kick.step
+    for val_loss in [5.0, 4.0, 3.0, 2.0, 1.5]:
+        step += 50
+        obs = Observation(
+            step=step, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=val_loss, control=ack
+        )
+        policy.observe("late", obs)
+    assert policy.kicks.stats[kick.command["kick"]["kind"]].helped == 1
+    blown = Observation(step=step + 50, target=0.0, train_loss=math.inf, control=ack)
+    decision = policy.observe("late", blown)
+    assert decision.kind is DecisionKind.ROLLBACK and "diverged" in decision.reason

@@ -114,7 +114,7 @@ def test_parent_and_nested_trial_runs(logged: tuple[Path, str, dict[str, int]]) 
     )
     assert "| step | decision | phase | reason | signals | kick | rollback |" in timeline
     assert "| 900 | KICK | plateau |" in timeline
-    assert "weight_decay factor=3 for 600 steps" in timeline
+    assert "grokfast alpha=0.98 lamb=2 for the rest of the run" in timeline
 
 
 def test_report_reads_mlflow_and_the_spool_alike(
@@ -129,7 +129,8 @@ def test_report_reads_mlflow_and_the_spool_alike(
     assert "  grokker_p47_wd1: grokked at step 1650" in from_mlflow
     assert "  memorizer_p47_wd0: stopped at step 1150: never-grok" in from_mlflow
     assert (
-        "  memorizer_p47_wd0 at step 900: weight_decay factor=3 for 600 steps -> no transition "
+        "  memorizer_p47_wd0 at step 900: grokfast alpha=0.98 lamb=2 for the rest of the run -> "
+        "no transition "
         "evidence before the stop at step 1150 (never-grok)"
     ) in from_mlflow
     # Same account from either source, apart from where it was read.

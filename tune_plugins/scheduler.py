@@ -2,21 +2,39 @@
 
 A thin adapter: it turns each Tune result into an ``Observation``, asks ``GrokPolicy`` for a
 decision and maps that decision back to Tune. All the reasoning lives in ``grokschedule``.
+
+Kicks reach a trainable in one of two ways. One that polls the control channel (it reports
+``control/acked_id``) gets each KICK/ROLLBACK posted to it and applies it between steps. One that
+does not gets it PBT-style (``_Restarts``): the kick becomes a config change
+(``grokschedule.control.config_change`` by default), and at the next result that carries a
+checkpoint the trial is paused and resumed from that checkpoint under the new config. A kick
+with a ``duration_steps`` window is undone the same way once the window has passed (restart with
+the old values), so it means the same on both paths; a ROLLBACK restarts with the pre-kick
+values, but the weights go on from the latest checkpoint (Tune resumes from that one, not from
+the one before the kick). A kick with no config equivalent (Grokfast, ⊥Grad, ...) is skipped with
+the reason in the decision, and the kick policy does not choose that kind for the trial again.
+The scheduler then writes the acknowledgements the trainable cannot (``control/acked_id``,
+``control/applied_step``), so the kick policy reads both paths alike.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.experiment import Trial
+from ray.tune.result import DONE, SHOULD_CHECKPOINT
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from grokschedule.control import ControlChannel
-from grokschedule.kick_policy import KickConfig
+from grokschedule.control import ControlChannel, config_change, restart_with_config
+from grokschedule.kick_policy import WEIGHT_DECAY_KEY, KickConfig
+from grokschedule.kicks import Kick
 from grokschedule.phases import Observation
 from grokschedule.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
 from grokschedule.summary import SweepSummary, TrialOutcome
@@ -29,6 +47,31 @@ logger = logging.getLogger(__name__)
 SIGNAL_PREFIX = "grok/"
 CONTROL_PREFIX = "control/"
 ACK_KEY = "control/acked_id"
+APPLIED_KEY = "control/applied_step"
+# What a kick becomes in a trial's config: (kick, config) -> changed keys, ValueError if none.
+ConfigChange = Callable[[Kick, Mapping[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class _Restart:
+    """A config change waiting for a result that carries a checkpoint."""
+
+    change: dict[str, Any]
+    label: str  # how the log names it: "kick 3 (lr_multiply)", "rollback 4"
+    command_id: int | None = None  # acknowledged once applied; None for a window's end
+    undo: dict[str, Any] = field(default_factory=dict)  # the values a kick replaces
+    window: int | None = None  # a kick's duration_steps: undone this long after it applied
+    ends: _Restart | None = None  # the kick a window's end or a rollback undoes
+    until: float | None = None  # a kick in force: the step from which its window is over
+
+
+@dataclass
+class _Restarts:
+    """One non-polling trial's kicks by restart: what waits, what is in force, what to ack."""
+
+    pending: _Restart | None = None
+    in_force: list[_Restart] = field(default_factory=list)  # kicks applied, not undone yet
+    acks: dict[str, float] = field(default_factory=dict)
 
 
 class MissingMetricError(ValueError):
@@ -55,6 +98,10 @@ class GrokScheduler(FIFOScheduler):
         tracker_options: Overrides for ``grokschedule.phases.TrackerConfig``.
         interventions: Kick runs on quiet plateaus: ``True`` for the defaults, a list of kick
             kinds, or a mapping of ``grokschedule.kick_policy.KickConfig`` fields.
+        kick_config_change: For trainables that do not poll the control channel, what a kick
+            becomes in the trial's config (``grokschedule.control.config_change`` by default:
+            ``lr``, ``weight_decay``, ``batch_size``, ``optimizer``, ``momentum``;
+            ``grokschedule.tasks.trainable.kick_config_change`` for the built-in trainable).
     """
 
     def __init__(
@@ -74,6 +121,7 @@ class GrokScheduler(FIFOScheduler):
         weight_norm: str | None = "weight_norm",
         tracker_options: Mapping[str, Any] | None = None,
         interventions: bool | list[str] | Mapping[str, Any] | None = None,
+        kick_config_change: ConfigChange = config_change,
     ) -> None:
         super().__init__()
         if mode is not None and mode not in ("min", "max"):
@@ -107,7 +155,8 @@ class GrokScheduler(FIFOScheduler):
         self._steps: dict[str, float] = {}
         self._errors: dict[str, str] = {}
         self._channel = ControlChannel() if self._policy_args["interventions"] else None
-        self._deaf: set[str] = set()  # trials that do not poll the control channel
+        self._kick_config_change = kick_config_change
+        self._restarts: dict[str, _Restarts] = {}  # trials that do not poll the channel
 
     # -- Tune wiring -------------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -139,12 +188,21 @@ class GrokScheduler(FIFOScheduler):
         trial_id = trial.trial_id
         if trial_id not in self._checked:
             self._check_contract(trial_id, result)
-        obs = self._observation(result)
+        obs = self._observation(result, self._known_control(trial, result))
+        if obs.step <= self._steps.get(trial_id, -math.inf):
+            # A trial resumed from an older checkpoint (a failure, Tuner.restore) repeats steps
+            # the tracker has seen; its windows and patience would count them twice.
+            return self.CONTINUE
         self._steps[trial_id] = obs.step
         decision = policy.observe(trial_id, obs)
         if decision.command is not None:
-            self._deliver(trial_id, decision, result)
-        return TrialScheduler.STOP if decision.kind is DecisionKind.STOP else self.CONTINUE
+            self._deliver(trial, decision, result)
+        if decision.kind is DecisionKind.STOP:
+            return TrialScheduler.STOP
+        restarts = self._restarts.get(trial_id)
+        if restarts is not None:
+            return self._restart_if_due(tune_controller, trial, restarts, result, obs.step)
+        return self.CONTINUE
 
     def on_trial_complete(
         self, tune_controller: TuneController, trial: Trial, result: dict[str, Any]
@@ -158,6 +216,14 @@ class GrokScheduler(FIFOScheduler):
 
     def on_trial_error(self, tune_controller: TuneController, trial: Trial) -> None:
         self._errors[trial.trial_id] = str(trial.error_file or "trial raised an error")
+        if self.policy is not None:
+            self.policy.tracker(trial.trial_id)  # failed before its first result: still listed
+
+    def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
+        # Tune retries a failed trial (FailureConfig) by on_trial_error then on_trial_add of the
+        # trial, PENDING again: the error was not final, and it must not count as errored.
+        if trial.status != Trial.ERROR:
+            self._errors.pop(trial.trial_id, None)
 
     def debug_string(self) -> str:
         if self.policy is None:
@@ -201,6 +267,7 @@ class GrokScheduler(FIFOScheduler):
             "checked": set(self._checked),
             "steps": dict(self._steps),
             "errors": dict(self._errors),
+            "restarts": copy.deepcopy(self._restarts),
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -209,6 +276,7 @@ class GrokScheduler(FIFOScheduler):
         self._checked = set(state["checked"])
         self._steps = dict(state["steps"])
         self._errors = dict(state["errors"])
+        self._restarts = dict(state.get("restarts", {}))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -219,23 +287,118 @@ class GrokScheduler(FIFOScheduler):
             self.set_state(pickle.load(f))
 
     # -- internals ---------------------------------------------------------------------------
-    def _deliver(self, trial_id: str, decision: Decision, result: Mapping[str, Any]) -> None:
-        """Send a KICK/ROLLBACK to the trainer through the live control channel."""
+    def _deliver(self, trial: Trial, decision: Decision, result: Mapping[str, Any]) -> None:
+        """Send a KICK/ROLLBACK through the live channel, or turn it into a restart for a
+        trainable that does not poll the channel (no ``control/acked_id`` in its results)."""
         assert self._channel is not None and decision.command is not None
-        if ACK_KEY not in result:
-            if trial_id not in self._deaf:
-                self._deaf.add(trial_id)
-                logger.warning(
-                    "GrokScheduler: trial %s decided %s but does not poll the control channel "
-                    "(no %r in its results); the command is dropped. For the built-in trainable "
-                    "set config control=True; for your own, poll "
-                    "grokschedule.control.ControlClient and report its acknowledgements.",
-                    trial_id,
-                    decision.kind.value,
-                    ACK_KEY,
-                )
+        trial_id = trial.trial_id
+        if ACK_KEY in result and trial_id not in self._restarts:
+            self._channel.post(trial_id, decision.command)
+            self._annotate(trial_id, decision)  # the live path is the default: no note
             return
-        self._channel.post(trial_id, decision.command)
+        restarts = self._restarts.setdefault(trial_id, _Restarts())
+        command = decision.command
+        if command["type"] == "rollback":
+            kicked = restarts.in_force[-1] if restarts.in_force else None
+            if kicked is not None:  # the policy rolls back the last kick applied
+                rollback = f"rollback {command['id']} of {kicked.label}"
+                restarts.pending = _Restart(dict(kicked.undo), rollback, command["id"], ends=kicked)
+                note = f"applied by restart with config {kicked.undo}"
+            else:  # its window already ended: the pre-kick values are back
+                restarts.acks = {ACK_KEY: command["id"], APPLIED_KEY: decision.step}
+                note = "nothing to restart: the kick's window already ended"
+            self._annotate(
+                trial_id,
+                decision,
+                f"{note} (the trainable does not poll the control channel: the weights go on "
+                "from its latest checkpoint)",
+            )
+            return
+        kick = Kick.from_dict(command["kick"])
+        try:
+            change = self._kick_config_change(kick, trial.config)
+        except ValueError as error:
+            policy = self._require_policy()
+            assert policy.kicks is not None  # a KICK comes only from a policy with kicks
+            policy.kicks.not_applied(trial_id, command["id"])
+            self._annotate(trial_id, decision, f"not applied: {error}")
+            return
+        undo = {key: trial.config.get(key) for key in change}
+        label = f"kick {command['id']} ({kick.kind})"
+        restarts.pending = _Restart(change, label, command["id"], undo, kick.duration_steps)
+        note = f"applied by restart with config {change}"
+        note += " now" if result.get(SHOULD_CHECKPOINT) else " at the next result with a checkpoint"
+        if kick.duration_steps is not None:
+            note += f", undone by restart after {kick.duration_steps} steps"
+        self._annotate(trial_id, decision, note)
+
+    def _restart_if_due(
+        self,
+        tune_controller: TuneController,
+        trial: Trial,
+        restarts: _Restarts,
+        result: Mapping[str, Any],
+        step: float,
+    ) -> str:
+        """PAUSE the trial to resume it under its pending config change, once a result carries
+        the checkpoint to resume from; until then the change waits. A kick's window ends the
+        same way, with a restart under the values it replaced."""
+        if restarts.pending is None:
+            over = [k for k in restarts.in_force if k.until is not None and step >= k.until]
+            if over:
+                label = f"end of the {over[0].label} window"
+                restarts.pending = _Restart(dict(over[0].undo), label, ends=over[0])
+        pending = restarts.pending
+        if pending is None or not result.get(SHOULD_CHECKPOINT) or result.get(DONE):
+            return self.CONTINUE
+        decision = restart_with_config(
+            tune_controller, trial, result, {**trial.config, **pending.change}
+        )
+        restarts.pending = None
+        if pending.command_id is not None:
+            restarts.acks = {ACK_KEY: pending.command_id, APPLIED_KEY: step}
+        if pending.ends is not None:
+            restarts.in_force = [k for k in restarts.in_force if k is not pending.ends]
+        else:
+            pending.until = None if pending.window is None else step + pending.window
+            restarts.in_force.append(pending)
+        logger.info(
+            "GrokScheduler: trial %s step %.0f: %s: restart with config %s from this checkpoint",
+            trial.trial_id,
+            step,
+            pending.label,
+            pending.change,
+        )
+        return decision
+
+    def _annotate(self, trial_id: str, decision: Decision, note: str = "") -> None:
+        """Say how a KICK/ROLLBACK was carried out in the decision the console and MLflow show,
+        and make sure the decision log holds it: the policy logs a decision only when its kind
+        or phase changed, which would hide a KICK right after another."""
+        policy = self._require_policy()
+        reason = f"{decision.reason}; {note}" if note else decision.reason
+        annotated = dataclasses.replace(decision, reason=reason)
+        if policy.last_decision.get(trial_id) is decision:
+            policy.last_decision[trial_id] = annotated
+        log = policy.log.setdefault(trial_id, [])
+        if log and log[-1] is decision:
+            log[-1] = annotated
+        else:
+            log.append(annotated)
+        logger.info("GrokScheduler: trial %s: %s", trial_id, annotated.reason)
+
+    def _known_control(self, trial: Trial, result: Mapping[str, Any]) -> dict[str, float]:
+        """``control/*`` values the trainable does not report: the acknowledgements of kicks by
+        restart, and the trial's weight decay from its config (the kick policy skips a
+        weight-decay kick at 0)."""
+        known: dict[str, float] = {}
+        restarts = self._restarts.get(trial.trial_id)
+        if restarts is not None and ACK_KEY not in result:
+            known.update(restarts.acks)
+        weight_decay = trial.config.get("weight_decay")
+        if WEIGHT_DECAY_KEY not in result and isinstance(weight_decay, int | float):
+            known[WEIGHT_DECAY_KEY] = float(weight_decay)
+        return known
 
     def _require_policy(self) -> GrokPolicy:
         if self.policy is None:
@@ -253,7 +416,9 @@ class GrokScheduler(FIFOScheduler):
             )
         self._checked.add(trial_id)
 
-    def _observation(self, result: Mapping[str, Any]) -> Observation:
+    def _observation(
+        self, result: Mapping[str, Any], known_control: Mapping[str, float]
+    ) -> Observation:
         def read(name: str | None) -> float | None:
             if name is None or result.get(name) is None:
                 return None
@@ -270,6 +435,7 @@ class GrokScheduler(FIFOScheduler):
             for key, value in result.items()
             if key.startswith(CONTROL_PREFIX) and isinstance(value, int | float)
         }
+        control.update(known_control)
         return Observation(
             step=float(result[self._time_attr]),
             target=math.nan if target is None else target,

@@ -2,15 +2,18 @@
 
 No Ray: every run is a ``ModularTrainer`` driven in-process, and commands go straight to
 ``ModularTrainer.apply_command`` right after the evaluation that prompted them, which is where the
-live channel delivers them too (the trainable polls right after each report). The decision of
-when and which kick is a callable ``decide(trial_id, metrics) -> command | None`` that sees what
-a scheduler sees (the reported metrics, ``control/*`` acknowledgements included), so
-``GrokPolicy`` can be plugged in unchanged; ``PlateauKick`` is the simple default.
+live channel delivers them too (the trainable polls right after each report). The decisions are
+the product's: ``GrokPolicy`` with interventions (``PolicyDecide``, configured by
+``bench_policy``), fed what a scheduler sees — the reported metrics, the ``control/*``
+acknowledgements, and ``control/weight_decay``, the optimizer's current weight decay. A STOP
+before grokking ends the run, as it would end the trial. With ``--workers`` > 1 each run gets
+its own copy of the policy, so the kick-kind bandit does not learn across runs there; with
+``--workers 1`` it does, in grid order.
 
 Kinds of run:
 
 - ``adamw``: no intervention (the baseline);
-- ``policy``: commands from ``decide``;
+- ``policy``: GrokPolicy's KICK / ROLLBACK commands;
 - ``grokfast``: Grokfast-EMA (alpha 0.98, lamb 2) switched on at step 0 (its paper's use);
 - ``grokfast_late``: the same filter switched on only once the training set is memorized.
 
@@ -19,7 +22,8 @@ Per kind: steps to grok (first evaluation with ``val_acc`` ≥ 0.95), the median
 groks (an ``adamw`` run that never groks counted at the budget), runs that grok only with the
 intervention, runs lost to it (``adamw`` groks, it does not), kicks, rollbacks and forgetting
 incidents (an accuracy, train or validation, falling ``FORGET_DROP`` below its best once that
-best is ≥ 0.5). Runs stop ``tail`` steps after grokking, so forgetting after it is seen too.
+best is ≥ 0.5) and runs the policy stopped before they grokked. Runs stop ``tail`` steps after
+grokking, so forgetting after it is seen too.
 
     python -m grokschedule.bench.interventions --output interventions.json
 """
@@ -40,8 +44,11 @@ from typing import Any
 
 import torch
 
-from grokschedule.control import KICK, ROLLBACK, Command
+from grokschedule.control import KICK, Command
+from grokschedule.kick_policy import WEIGHT_DECAY_KEY, KickConfig
 from grokschedule.kicks import Kick
+from grokschedule.phases import Observation
+from grokschedule.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
 from grokschedule.tasks.training import ModularTrainer, TrainConfig
 
 GROK_THRESHOLD = 0.95
@@ -50,61 +57,72 @@ FORGET_DROP = 0.2
 KIND_NAMES = ("adamw", "policy", "grokfast", "grokfast_late")
 GROKFAST = Kick("grokfast", {"alpha": 0.98, "lamb": 2.0}, reason="reference: Grokfast-EMA")
 
-Decide = Callable[[str, Mapping[str, float]], Mapping[str, Any] | None]
+
+class PolicyDecide:
+    """The product's decisions: ``GrokPolicy`` with interventions (``KickConfig``), fed the
+    metrics a scheduler sees, ``control/*`` acknowledgements included. Returns the decision;
+    ``run_one`` posts its command and honours a STOP before grokking (the trial would end)."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        if config.interventions is None:
+            raise ValueError("PolicyDecide needs a PolicyConfig with interventions")
+        self.policy = GrokPolicy(config)
+
+    def __call__(self, trial_id: str, metrics: Mapping[str, float]) -> Decision:
+        def extras(prefix: str) -> dict[str, float]:
+            return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+
+        observation = Observation(
+            step=float(metrics["step"]),
+            target=float(metrics["val_acc"]),
+            train_loss=float(metrics["train_loss"]),
+            train_acc=float(metrics["train_acc"]),
+            val_loss=float(metrics["val_loss"]),
+            weight_norm=float(metrics["weight_norm"]),
+            extras=extras("grok/"),
+            control=extras("control/"),
+        )
+        return self.policy.observe(trial_id, observation)
 
 
-class PlateauKick:
-    """Default ``decide``: a list of kicks tried in turn on the plateau.
+Decide = Callable[[str, Mapping[str, float]], Decision]
 
-    With no kick in force and the run on the plateau (train accuracy ≥ ``MEMORIZED``, validation
-    accuracy < ``val_below``), it applies the next kick. If the run forgets its training set
-    (train accuracy < ``forget_below``) while a kick is in force and before it groks, it rolls
-    back, and the next kick follows at the next plateau evaluation. With the kicks used up it
-    waits. It reads the acknowledgements as a scheduler must: nothing new is sent until the last
-    command shows up as ``control/acked_id``, and ``control/kicks_active`` says whether a kick is
-    still in force.
-    """
-
-    def __init__(
-        self, kicks: Sequence[Kick], val_below: float = 0.5, forget_below: float = 0.9
-    ) -> None:
-        if not kicks:
-            raise ValueError("PlateauKick needs at least one kick")
-        self.kicks, self.val_below, self.forget_below = tuple(kicks), val_below, forget_below
-        self._sent: dict[str, list[Command]] = {}
-
-    def __call__(self, trial_id: str, metrics: Mapping[str, float]) -> dict[str, Any] | None:
-        sent = self._sent.setdefault(trial_id, [])
-        if sent and metrics["control/acked_id"] < sent[-1].id:
-            return None  # not applied yet
-        in_force = metrics["control/kicks_active"] > 0 and sent[-1].type == KICK
-        if in_force and metrics["val_acc"] < GROK_THRESHOLD:
-            if metrics["train_acc"] < self.forget_below:
-                return self._send(sent, Command(len(sent), ROLLBACK))
-            return None
-        tried = sum(command.type == KICK for command in sent)
-        on_plateau = metrics["train_acc"] >= MEMORIZED and metrics["val_acc"] < self.val_below
-        if not in_force and on_plateau and tried < len(self.kicks):
-            return self._send(sent, Command(len(sent), KICK, self.kicks[tried]))
-        return None
-
-    @staticmethod
-    def _send(sent: list[Command], command: Command) -> dict[str, Any]:
-        sent.append(command)
-        return command.to_dict()
-
-
-# ⊥Grad (arXiv 2501.04697) stops the loss falling by merely scaling the weights up, which is what
-# keeps a run on the plateau. Under strong weight decay nothing then holds the norm up: a short
-# window groks those runs within a few hundred steps and a permanent one makes them forget. So
-# first a 250-step window; a run still on the plateau after it (weak decay) gets ⊥Grad for good;
-# one that forgets under that is rolled back and gets lr ×3 for 1000 steps (3× the decoupled
-# decay rate lr·wd), the plain lever on the plateau's length.
-DEFAULT_KICKS = (
-    Kick("ortho_grad", duration_steps=250, reason="plateau: ⊥Grad window"),
-    Kick("ortho_grad", reason="still on the plateau: ⊥Grad for the rest of the run"),
-    Kick("lr_multiply", {"factor": 3.0}, 1000, reason="⊥Grad made it forget: decay 3× faster"),
+# Kicks for the benchmark's policy, in the order they are tried (KickPolicy tries kinds the sweep
+# has not judged in this order). A weight-decay raise to at most 1.0 (``max_weight_decay``) first:
+# it only fits weak-decay runs, which it turns into strong-decay ones for 1000 steps. Then ⊥Grad
+# (arXiv 2501.04697), which stops the loss falling by merely scaling the weights up, the road to
+# softmax collapse: under strong decay a 250-step window groks a run within a few hundred steps,
+# while a permanent one made runs forget. Last lr × 3 for 1000 steps, 3× the decoupled decay
+# rate lr·wd. A 300-step cooldown lets each act: stacking all three at once groked some runs
+# sooner and made others forget (probes on p 47/53, train fraction 0.4).
+BENCH_KICKS = (
+    Kick("weight_decay", {"factor": 10.0}, 1000),
+    Kick("ortho_grad", duration_steps=250),
+    Kick("lr_multiply", {"factor": 3.0}, 1000),
 )
+
+
+def bench_policy(settings: BenchSettings, kicks: Sequence[Kick] = BENCH_KICKS) -> PolicyConfig:
+    """The policy the benchmark runs: kick as soon as the plateau is quiet right after
+    memorization (``kick_at`` × ``min_patience`` = one evaluation), one kind at a time."""
+    return PolicyConfig(
+        metric="val_acc",
+        mode="max",
+        grok_threshold=GROK_THRESHOLD,
+        max_t=settings.steps,
+        min_patience=settings.steps / 3,
+        patience_factor=5.0,
+        tracker={"warmup_results": 1},
+        stop_on_grok=False,  # the run goes on for ``tail`` steps to catch forgetting
+        interventions=KickConfig(
+            kicks=tuple(kicks),
+            max_kicks=len(kicks),
+            kick_at=settings.eval_every / (settings.steps / 3),
+            cooldown=6 * settings.eval_every,
+            max_weight_decay=1.0,
+            rollback_window=2 * settings.eval_every,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,8 @@ class RunResult:
     rollbacks: int
     forgetting: int
     seconds: float
+    stopped: str = ""  # the policy's STOP reason, when it ended the run before grokking
+    kick_log: tuple[str, ...] = ()  # "step: KICK/ROLLBACK reason" for each command
 
 
 @dataclass(frozen=True)
@@ -160,8 +180,9 @@ class _Forgetting:
             self.best[key] = max(best, value)
 
 
-def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None) -> RunResult:
-    """Train one run of ``spec.kind``; stops ``settings.tail`` steps after it groks."""
+def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None = None) -> RunResult:
+    """Train one run of ``spec.kind``; stops ``settings.tail`` steps after it groks. ``decide``
+    (default: ``PolicyDecide(bench_policy(settings))``) is used for ``policy`` runs."""
     torch.set_num_threads(1)
     start = time.perf_counter()
     config = TrainConfig(
@@ -188,11 +209,15 @@ def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None) -> Ru
 
     if spec.kind == "grokfast":
         pending.append(Command(0, KICK, GROKFAST).to_dict())
+    if spec.kind == "policy" and decide is None:
+        decide = PolicyDecide(bench_policy(settings))
     grok_step = memorized_step = None
+    stopped, kick_log = "", []
     forgetting = _Forgetting()
     metrics: dict[str, float] = {}
     for metrics in trainer.run(poll):
         metrics.update(trainer.control_metrics())
+        metrics[WEIGHT_DECAY_KEY] = float(trainer.optimizer.param_groups[0]["weight_decay"])
         forgetting.update(metrics)
         step = int(metrics["step"])
         if memorized_step is None and metrics["train_acc"] >= MEMORIZED:
@@ -202,9 +227,13 @@ def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None) -> Ru
         if grok_step is None and metrics["val_acc"] >= GROK_THRESHOLD:
             grok_step = step
         if spec.kind == "policy" and decide is not None:
-            command = decide(spec.trial_id, metrics)
-            if command is not None:
-                pending.append(command)
+            decision = decide(spec.trial_id, metrics)
+            if decision.command is not None:
+                pending.append(decision.command)
+                kick_log.append(f"{step}: {decision.kind.value} {decision.reason}")
+            if decision.kind is DecisionKind.STOP and grok_step is None and step < config.max_steps:
+                stopped = f"{step}: {decision.reason}"
+                break
         if grok_step is not None and step >= grok_step + settings.tail:
             break
     return RunResult(
@@ -217,15 +246,19 @@ def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None) -> Ru
         rollbacks=trainer.control.rollbacks,
         forgetting=forgetting.incidents,
         seconds=time.perf_counter() - start,
+        stopped=stopped,
+        kick_log=tuple(kick_log),
     )
 
 
 def run_grid(
     specs: Sequence[RunSpec], settings: BenchSettings, decide: Decide | None, workers: int
 ) -> list[RunResult]:
-    """All runs, ``workers`` processes at a time (each one torch thread)."""
+    """All runs, ``workers`` processes at a time (each one torch thread). In one process the
+    policy runs share one ``decide``, so the kick-kind bandit learns across them."""
     if workers <= 1:
-        return [run_one(spec, settings, decide) for spec in specs]
+        shared = decide or PolicyDecide(bench_policy(settings))
+        return [run_one(spec, settings, shared) for spec in specs]
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [pool.submit(run_one, spec, settings, decide) for spec in specs]
@@ -272,6 +305,7 @@ def summarize(results: Sequence[RunResult], budget: int) -> list[dict[str, Any]]
                 "kicks": sum(r.kicks for r in runs),
                 "rollbacks": sum(r.rollbacks for r in runs),
                 "forgetting": sum(r.forgetting for r in runs),
+                "stopped": sum(bool(r.stopped) for r in runs),
             }
         )
     return rows
@@ -281,9 +315,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     header = (
         "| kind | grokked | median steps to grok | median speed-up, both grok (pairs) "
         "| median speed-up ≥, adamw never = budget "
-        "| grok only with it | lost | kicks | rollbacks | forgetting |"
+        "| grok only with it | lost | kicks | rollbacks | forgetting | stopped |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 11]
     for row in rows:
         steps = row["median_steps_to_grok"]
         speedup, bound = row["speedup_median"], row["speedup_lower_bound_median"]
@@ -293,7 +327,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"| {'—' if speedup is None else f'{speedup:.2f}×'} ({row['speedup_pairs']}) "
             f"| {'—' if bound is None else f'≥ {bound:.2f}×'} "
             f"| {row['grok_only_with']} | {row['lost']} | {row['kicks']} | {row['rollbacks']} "
-            f"| {row['forgetting']} |"
+            f"| {row['forgetting']} | {row['stopped']} |"
         )
     return "\n".join(lines)
 
@@ -302,7 +336,7 @@ def interventions_bench_main(
     argv: Sequence[str] | None = None, decide: Decide | None = None
 ) -> int:
     """Run the grid, print the Markdown table, write every run and the summary as JSON.
-    ``decide`` defaults to ``PlateauKick(DEFAULT_KICKS)``."""
+    ``decide`` defaults to ``PolicyDecide(bench_policy(settings))``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--p", type=int, nargs="+", default=[47, 53])
     parser.add_argument("--train-fraction", type=float, nargs="+", default=[0.4, 0.5])
@@ -335,7 +369,7 @@ def interventions_bench_main(
         )
     ]
     start = time.perf_counter()
-    results = run_grid(specs, settings, decide or PlateauKick(DEFAULT_KICKS), args.workers)
+    results = run_grid(specs, settings, decide, args.workers)
     rows = summarize(results, settings.steps)
     print(markdown_table(rows))
     print(f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s")

@@ -18,18 +18,28 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
-from grokschedule.control import ControlClient
-from grokschedule.kicks import BATCH_SIZE, LR_MULTIPLY, SGD_SWITCH, WEIGHT_DECAY, Kick
+from grokschedule import checkpoints
+from grokschedule.control import ControlClient, config_change
+from grokschedule.kicks import BATCH_SIZE, Kick
 from grokschedule.tasks.training import ModularTrainer, TrainConfig
 
 STATE_FILE = "trainer.pt"
-RESTART_KINDS = (LR_MULTIPLY, WEIGHT_DECAY, BATCH_SIZE, SGD_SWITCH)
+
+
+def _save_state(state: dict[str, Any], directory: Path) -> None:
+    checkpoints.write_file(directory / STATE_FILE, lambda file: torch.save(state, file))
+    checkpoints.seal(directory)
+
+
+def _load_state(directory: Path) -> Any:
+    return torch.load(directory / STATE_FILE, weights_only=False)
 
 
 def modular_trainable(config: dict[str, Any]) -> None:
@@ -39,10 +49,10 @@ def modular_trainable(config: dict[str, Any]) -> None:
     torch.set_num_threads(int(config.get("torch_threads", 1)))
     checkpoint_every = int(config.get("checkpoint_every", 500))
     trainer = ModularTrainer(TrainConfig.from_mapping(config))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            trainer.load_state_dict(torch.load(Path(directory) / STATE_FILE, weights_only=False))
+    # The latest checkpoint that verifies, else the one before it (with a warning).
+    state = checkpoints.load_valid(tune.get_checkpoint(), _load_state)
+    if state is not None:
+        trainer.load_state_dict(state)
     client = None
     if config.get("control", False):
         poll_every = int(config.get("control_poll_every", trainer.config.eval_every))
@@ -54,41 +64,25 @@ def modular_trainable(config: dict[str, Any]) -> None:
         if trainer.step % checkpoint_every == 0 or trainer.control.acked_id != checkpointed_ack:
             checkpointed_ack = trainer.control.acked_id
             with tempfile.TemporaryDirectory() as directory:
-                torch.save(trainer.state_dict(), Path(directory) / STATE_FILE)
+                _save_state(trainer.state_dict(), Path(directory))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
             tune.report(metrics)
 
 
 def kick_config_change(kick: Kick, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config keys (``lr``, ``weight_decay``, ``batch_size``, ``optimizer``, ``momentum``)
-    that carry ``kick`` out in ``modular_trainable`` restarted under ``{**config, **change}``.
+    """``control.config_change`` for ``modular_trainable``: keys the config leaves out take
+    ``TrainConfig``'s defaults, and the changed config must still be valid.
 
     A restart holds the change until the next one, so ``duration_steps`` is not honoured here:
-    to end a window, restart again with the old values. Kinds that act inside the step
-    (gradient transforms, an lr cycle) need the live channel and are a ``ValueError``, as is a
-    batch_size kick on a full-batch run (there is no larger batch). An sgd_switch restart starts
-    SGD fresh, and switching back starts a fresh AdamW: its moments do not survive the way the
-    live channel keeps them.
+    to end a window, restart again with the old values (``GrokScheduler`` does). A batch_size
+    kick on a full-batch run is a ``ValueError`` (there is no larger batch). An sgd_switch
+    restart starts SGD fresh, and switching back starts a fresh AdamW: its moments do not
+    survive the way the live channel keeps them.
     """
-    if kick.kind not in RESTART_KINDS:
-        raise ValueError(
-            f"a {kick.kind} kick cannot be a config change (only {RESTART_KINDS}); "
-            "run the trainable with control=True to apply it live"
-        )
-    current = TrainConfig.from_mapping(config)
-    params = kick.params
-    change: dict[str, Any]
-    if kick.kind == LR_MULTIPLY:
-        change = {"lr": current.lr * params["factor"]}
-    elif kick.kind == WEIGHT_DECAY:
-        change = {"weight_decay": current.weight_decay * params["factor"]}
-    elif kick.kind == BATCH_SIZE:
-        if current.batch_size is None:
-            raise ValueError("a batch_size kick needs a mini-batch run; this one is full-batch")
-        factor = int(params["factor"])
-        change = {"batch_size": current.batch_size * factor, "lr": current.lr * kick.lr_factor(0)}
-    else:
-        change = {"optimizer": "sgd", "lr": params["lr"], "momentum": params["momentum"]}
+    current = asdict(TrainConfig.from_mapping(config))
+    if kick.kind == BATCH_SIZE and current["batch_size"] is None:
+        raise ValueError("a batch_size kick needs a mini-batch run; this one is full-batch")
+    change = config_change(kick, current)
     TrainConfig.from_mapping({**config, **change})  # the result must be a valid config
     return change
