@@ -18,6 +18,7 @@ BENCHMARKS = {
     "interventions": "grokschedule.bench.interventions:interventions_bench_main",
     "load": "grokschedule.bench.load:load_bench_main",
     "probes": "grokschedule.bench.probes:probes_bench_main",
+    "predictor": "grokschedule.bench.predictor_fit:predictor_main",
     "replay": "grokschedule.bench.replay_bench:replay_bench_main",
     "soak": "grokschedule.bench.soak:soak_main",
 }

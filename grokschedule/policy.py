@@ -19,6 +19,21 @@ The rules, in order of precedence:
 Patience is measured from the last *evidence* of a coming transition (validation loss falling,
 weight norm decaying, probability on the correct class rising, target rising), so a run that
 keeps showing signs of life is never stopped on its plateau.
+
+With the calibrated ``GrokPredictor`` (``PolicyConfig(predictor=True)``, the default), rules 4
+and 6 also read P(grok) and its ETA, computed from a bounded per-trial history:
+
+* a plateau at ≥ ``judge_after`` × its memorization time with P(grok) < ``stop_below`` (two
+  predictions in a row) is stopped at once (never-grok), and a run under that bar (plateau or
+  transition) is not EXTENDed at ``max_t`` — unless interventions are on, where such a run is
+  kicked first;
+* a plateau whose patience ran out but whose P(grok) ≥ ``keep_above`` is kept (the hand
+  patience rule alone stops slow grokkers on the quiet stretch before their turn);
+* at ``max_t``, a run with P(grok) ≥ ``keep_above`` whose ETA lands inside the extension is
+  EXTENDed even before its target has started to move.
+
+``Decision.signals`` then carries ``p_grok`` and ``eta_steps``, ``Decision.score`` is P(grok),
+and the reasons quote them with the features that weighed most.
 """
 
 from __future__ import annotations
@@ -26,10 +41,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from grokschedule.kick_policy import KickConfig, KickPolicy
 from grokschedule.phases import Observation, Phase, PhaseTracker, TrackerConfig
+from grokschedule.predictor import GrokHistory, GrokPredictor, Prediction
 
 
 class DecisionKind(str, Enum):
@@ -77,6 +95,14 @@ class PolicyConfig:
     stop_on_grok: bool = True
     tracker: dict[str, Any] = field(default_factory=dict)
     interventions: KickConfig | None = None
+    # The calibrated predictor: True for the shipped coefficients, a path to a predictor JSON,
+    # or False for the hand rules alone.
+    predictor: bool | str = True
+    # P(grok) under which a plateau is stopped (after judge_after); None: the value the
+    # predictor file recommends (chosen on held-out ops so that almost no grokker falls below it)
+    stop_below: float | None = None
+    keep_above: float = 0.5  # P(grok) at or over which patience does not stop a plateau
+    judge_after: float = 2.0  # × memorization time before P(grok) may stop a run
 
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
@@ -103,6 +129,25 @@ class PolicyConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.patience_factor <= 0:
             raise ValueError(f"patience_factor must be > 0, got {self.patience_factor}")
+        if not isinstance(self.predictor, bool | str):
+            raise ValueError(
+                f"predictor must be True, False or a path to a predictor JSON, "
+                f"got {self.predictor!r}"
+            )
+        if isinstance(self.predictor, str) and not Path(self.predictor).is_file():
+            raise ValueError(f"predictor file not found: {self.predictor!r}")
+        for name in ("stop_below", "keep_above"):
+            value = getattr(self, name)
+            if value is None and name == "stop_below":
+                continue
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        if self.stop_below is not None and self.stop_below >= self.keep_above:
+            raise ValueError(
+                f"stop_below ({self.stop_below}) must be < keep_above ({self.keep_above})"
+            )
+        if not isinstance(self.judge_after, int | float) or not self.judge_after >= 1.0:
+            raise ValueError(f"judge_after must be >= 1 (× memorization), got {self.judge_after}")
         TrackerConfig(grok_threshold=self.grok_threshold, mode=self.mode, **self.tracker)
 
     @property
@@ -114,8 +159,28 @@ class PolicyConfig:
         return self.max_t / 4 if self.min_patience is None else self.min_patience
 
 
+@cache
+def _default_predictor() -> GrokPredictor:
+    return GrokPredictor.from_default()
+
+
+def load_predictor(choice: bool | str) -> GrokPredictor | None:
+    """``True``: the shipped predictor; a path: that JSON file; ``False``: none."""
+    if choice is False:
+        return None
+    if choice is True:
+        return _default_predictor()
+    return GrokPredictor.from_json(Path(choice))
+
+
+# Recompute a trial's prediction when its step has grown by this share since the last one: the
+# features are read against ln(step), so 5 % later says little new, and most reports are spared.
+PREDICT_EVERY = 0.05
+
+
 class GrokPolicy:
-    """Holds one PhaseTracker per trial and decides on every observation."""
+    """Holds one PhaseTracker (and, with the predictor, one bounded GrokHistory) per trial and
+    decides on every observation."""
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
@@ -123,6 +188,16 @@ class GrokPolicy:
         self.last_decision: dict[str, Decision] = {}
         self.log: dict[str, list[Decision]] = {}
         self.kicks = KickPolicy(config.interventions) if config.interventions else None
+        self.predictor = load_predictor(config.predictor)
+        self.histories: dict[str, GrokHistory] = {}
+        self.predictions: dict[str, Prediction] = {}
+        self.low_streak: dict[str, int] = {}  # consecutive predictions under stop_below
+        recommended = self.predictor.recommended_stop_below if self.predictor else 0.0
+        self.stop_below: float = (
+            min(recommended, config.keep_above / 2)
+            if config.stop_below is None
+            else config.stop_below
+        )
 
     def tracker(self, trial_id: str) -> PhaseTracker:
         if trial_id not in self.trackers:
@@ -142,6 +217,7 @@ class GrokPolicy:
     def observe(self, trial_id: str, obs: Observation) -> Decision:
         tracker = self.tracker(trial_id)
         phase = tracker.update(obs)
+        self._record(trial_id, tracker, obs)
         if self.kicks is not None:
             self.kicks.absorb(trial_id, obs.control, self._train(obs))
         kind, reason, command = self._intervene(trial_id, tracker, phase, obs)
@@ -156,13 +232,19 @@ class GrokPolicy:
             tracker.mark_stalled(reason)
             if self.kicks is not None:
                 self.kicks.fail_unjudged(trial_id)
+        prediction = self.prediction(trial_id)
+        signals = {k: round(v, 6) for k, v in tracker.signals.items()}
+        if prediction is not None:
+            signals["p_grok"] = float(prediction.p_grok)
+            if prediction.eta_steps is not None:
+                signals["eta_steps"] = round(float(prediction.eta_steps), 1)
         decision = Decision(
             kind=kind,
             reason=reason,
             step=obs.step,
             phase=tracker.phase,
-            score=self._score(tracker),
-            signals={k: round(v, 6) for k, v in tracker.signals.items()},
+            score=self._score(tracker, prediction),
+            signals=signals,
             command=command,
         )
         self._remember(trial_id, decision)
@@ -180,6 +262,78 @@ class GrokPolicy:
     def forget(self, trial_id: str) -> None:
         """Drop a finished trial's tracker (its decision log stays for reporting)."""
         self.trackers.pop(trial_id, None)
+        self.histories.pop(trial_id, None)
+        self.predictions.pop(trial_id, None)
+        self.low_streak.pop(trial_id, None)
+
+    def prediction(self, trial_id: str) -> Prediction | None:
+        """The trial's latest P(grok)/ETA, or ``None`` (no predictor, not on a plateau yet)."""
+        return self.predictions.get(trial_id)
+
+    # -- the predictor --------------------------------------------------------------------------
+    def _record(self, trial_id: str, t: PhaseTracker, obs: Observation) -> None:
+        """Feed the trial's bounded history and refresh its prediction when it is due."""
+        predictor = self.predictor
+        if predictor is None:
+            return
+        if t.phase.terminal:
+            if t.phase is not Phase.GROKKED:
+                self.predictions.pop(trial_id, None)
+            return
+        history = self.histories.get(trial_id)
+        if history is None:
+            tc = t.config
+            history = GrokHistory(predictor.capacity, tc.memorized_acc, tc.memorized_loss)
+            self.histories[trial_id] = history
+        if not math.isfinite(obs.step) or obs.step <= history.step:
+            return  # a repeated or older step (a resumed trial): nothing new to learn
+        c = self.config
+        val_acc = obs.target if _is_accuracy(c.metric) and c.mode == "max" else None
+        history.append(
+            obs.step,
+            {
+                "train_loss": obs.train_loss,
+                "train_acc": obs.train_acc,
+                "val_loss": obs.val_loss,
+                "val_acc": val_acc,
+                "weight_norm": obs.weight_norm,
+                **{k: v for k, v in obs.extras.items() if k.startswith("grok/")},
+            },
+        )
+        if t.phase not in (Phase.PLATEAU, Phase.TRANSITION) or history.memorized_step is None:
+            return
+        last = self.predictions.get(trial_id)
+        if last is None or last.step is None or obs.step >= last.step * (1 + PREDICT_EVERY):
+            prediction = predictor.predict(history)
+            self.predictions[trial_id] = prediction
+            low = prediction.p_grok < self.stop_below
+            self.low_streak[trial_id] = self.low_streak.get(trial_id, 0) + 1 if low else 0
+
+    def _memorization_ratio(self, trial_id: str) -> float:
+        """Step over the memorization step as the tracker saw it (the patience's basis too)."""
+        tracker = self.trackers.get(trial_id)
+        if tracker is None or not tracker.memorized_step:
+            return 0.0
+        return tracker.step / tracker.memorized_step
+
+    def _hopeless(self, trial_id: str) -> Prediction | None:
+        """The prediction, when it says to stop this plateau now."""
+        prediction = self.prediction(trial_id)
+        if prediction is None or self.kicks is not None:  # with kicks, kick before stopping
+            return None
+        c = self.config
+        if (  # two predictions in a row, so one noisy reading does not kill a run
+            self.low_streak.get(trial_id, 0) >= 2
+            and self._memorization_ratio(trial_id) >= c.judge_after
+        ):
+            return prediction
+        return None
+
+    def _promising(self, trial_id: str) -> Prediction | None:
+        prediction = self.prediction(trial_id)
+        if prediction is None or prediction.p_grok < self.config.keep_above:
+            return None
+        return prediction
 
     # -- rules ------------------------------------------------------------------------------
     @staticmethod
@@ -234,37 +388,65 @@ class GrokPolicy:
                 return DecisionKind.STOP, reason
             return DecisionKind.CONTINUE, reason
         if t.step >= c.max_t:
-            return self._at_budget(t, phase)
+            return self._at_budget(trial_id, t, phase)
         if phase is Phase.PLATEAU:
             quiet, patience = self.quiet_steps(trial_id, t), self.patience(t)
+            hopeless = self._hopeless(trial_id)
+            if hopeless is not None:
+                return DecisionKind.STOP, (
+                    f"never-grok: {hopeless.describe()}; P(grok) < stop_below {self.stop_below:g} "
+                    f"at {self._memorization_ratio(trial_id):.1f}× memorization "
+                    f"(memorization at {t.memorized_step or 0:.0f}); "
+                    f"{self._describe(t)}"
+                )
             if quiet >= patience:
+                promising = self._promising(trial_id)
+                if promising is not None:
+                    return DecisionKind.CONTINUE, (
+                        f"kept past patience: {promising.describe()} ≥ keep_above "
+                        f"{c.keep_above:g}; quiet {quiet:.0f} steps ≥ patience {patience:.0f}; "
+                        f"{self._describe(t)}"
+                    )
                 return DecisionKind.STOP, (
                     f"never-grok: no transition evidence for {quiet:.0f} steps ≥ patience "
-                    f"{patience:.0f} ({self._patience_basis(t)}); {self._describe(t)}"
+                    f"{patience:.0f} ({self._patience_basis(t)}); {self._describe(t, trial_id)}"
                 )
             return DecisionKind.CONTINUE, (
                 f"plateau since step {t.memorized_step:.0f}, quiet {quiet:.0f}/{patience:.0f} "
-                f"steps; {self._describe(t)}"
+                f"steps; {self._describe(t, trial_id)}"
             )
         if phase is Phase.TRANSITION:
-            return DecisionKind.CONTINUE, f"transition: {self._describe(t)}"
+            return DecisionKind.CONTINUE, f"transition: {self._describe(t, trial_id)}"
         if phase is Phase.MEMORIZING:
             return DecisionKind.CONTINUE, "memorizing: training set not yet fit"
         return DecisionKind.CONTINUE, f"warmup: {t.results}/{t.config.warmup_results} results"
 
-    def _at_budget(self, t: PhaseTracker, phase: Phase) -> tuple[DecisionKind, str]:
+    def _at_budget(self, trial_id: str, t: PhaseTracker, phase: Phase) -> tuple[DecisionKind, str]:
         c = self.config
         limit = c.max_t + c.extension
         alive = phase is Phase.TRANSITION or (
             phase is Phase.PLATEAU and t.fired and t.steps_since_evidence() == 0
         )
-        if alive and t.step < limit:
-            return DecisionKind.EXTEND, (
-                f"past max_t {c.max_t:.0f} while {phase.value} is under way "
-                f"(extension {t.step - c.max_t:.0f}/{c.extension:.0f}); {self._describe(t)}"
+        if alive and self._hopeless(trial_id) is not None:
+            alive = False  # the same P(grok) that stops a plateau does not pay past max_t
+        promising = self._promising(trial_id)
+        due = None
+        if promising is not None and promising.eta_steps is not None:
+            due = t.step + promising.eta_steps
+        predicted = phase is Phase.PLATEAU and due is not None and due <= limit
+        if (alive or predicted) and t.step < limit:
+            why = (
+                f"{phase.value} is under way" if alive else f"it is predicted to grok by {due:.0f}"
             )
-        where = "extension" if alive else f"max_t {c.max_t:.0f}"
-        return DecisionKind.STOP, f"budget: reached {where} in {phase.value}; {self._describe(t)}"
+            return DecisionKind.EXTEND, (
+                f"past max_t {c.max_t:.0f} while {why} "
+                f"(extension {t.step - c.max_t:.0f}/{c.extension:.0f}); "
+                f"{self._describe(t, trial_id)}"
+            )
+        where = "extension" if alive or predicted else f"max_t {c.max_t:.0f}"
+        return DecisionKind.STOP, (
+            f"budget: reached {where} in {phase.value}; {self._describe(t, trial_id)}"
+        )
 
     def _patience_basis(self, t: PhaseTracker) -> str:
         c = self.config
@@ -272,8 +454,13 @@ class GrokPolicy:
         basis += f", min {c.patience_floor:.0f}"
         return basis + (", halved: softmax collapse" if t.collapsed else "")
 
+    def _describe(self, t: PhaseTracker, trial_id: str | None = None) -> str:
+        prediction = None if trial_id is None else self.prediction(trial_id)
+        prefix = "" if prediction is None else prediction.describe() + "; "
+        return prefix + self._describe_signals(t)
+
     @staticmethod
-    def _describe(t: PhaseTracker) -> str:
+    def _describe_signals(t: PhaseTracker) -> str:
         s = t.signals
         parts = [f"progress {s.get('progress', 0.0):.0%}"]
         parts += [
@@ -286,16 +473,19 @@ class GrokPolicy:
         parts.append("evidence: " + (", ".join(t.fired) if t.fired else "none"))
         return ", ".join(parts)
 
-    def _score(self, t: PhaseTracker) -> float:
-        """A heuristic grok score in [0, 1]: not a calibrated probability."""
+    def _score(self, t: PhaseTracker, prediction: Prediction | None = None) -> float:
+        """P(grok) from the predictor on a plateau or in transition; otherwise (no predictor, or
+        before memorization) a heuristic grok score in [0, 1], not a calibrated probability."""
         if t.phase is Phase.GROKKED:
             return 1.0
         if t.phase in (Phase.STALLED, Phase.DIVERGED):
             return 0.0
+        if prediction is not None and t.phase in (Phase.PLATEAU, Phase.TRANSITION):
+            return float(prediction.p_grok)
         if t.phase is Phase.TRANSITION:
             return 0.5 + 0.5 * t.progress()
         if t.phase is Phase.PLATEAU:
-            freshness = max(0.0, 1.0 - t.steps_since_evidence() / self.patience(t))
+            freshness = min(1.0, max(0.0, 1.0 - t.steps_since_evidence() / self.patience(t)))
             return round(0.1 + 0.3 * freshness + 0.05 * len(t.fired), 3)
         return 0.5
 

@@ -24,16 +24,87 @@ def test_grokker_is_kept_through_its_plateau_and_stopped_once_grokked(recorded_c
     assert final.reason.startswith("grokked at step 1650")
 
 
-def test_memorizer_is_stopped_as_never_grok_with_its_evidence(recorded_curves) -> None:
-    policy = GrokPolicy(PolicyConfig(max_t=3000))
-    decisions = _replay(policy, "m", recorded_curves["memorizer_p47_wd0"])
+@pytest.mark.parametrize("predictor", [True, False])
+@pytest.mark.parametrize("name", ["memorizer_p47_wd0", "nogrok_p47_wd01"])
+def test_memorizer_is_stopped_as_never_grok_with_its_evidence(
+    recorded_curves, predictor, name
+) -> None:
+    policy = GrokPolicy(PolicyConfig(max_t=3000, predictor=predictor))
+    decisions = _replay(policy, "m", recorded_curves[name])
     final = decisions[-1]
     assert final.kind is DecisionKind.STOP
     assert final.phase is Phase.STALLED
-    assert final.reason.startswith("never-grok: no transition evidence")
-    assert final.step < 1500  # well before max_t: that is the compute saved
-    assert final.signals["val_loss_change"] > 0  # the numbers behind the reason travel with it
+    assert final.reason.startswith("never-grok: ")
+    assert final.step < 2000  # well before max_t: that is the compute saved
+    assert "val_loss_change" in final.signals  # the numbers behind the reason travel with it
     assert [d.phase for d in policy.log["m"]][-1] is Phase.STALLED
+    if predictor:
+        assert 0.0 <= final.signals["p_grok"] < 0.5
+        assert "P(grok)" in final.reason
+    else:
+        assert final.reason.startswith("never-grok: no transition evidence")
+        assert "p_grok" not in final.signals
+
+
+# The shipped predictor was fitted on p=23 MLPs; on this p=59 curve it reads P(grok) ≈ 0.01 at
+# the point (11× memorization) where the hand patience runs out, so it does not rescue it yet.
+SLOW_GROKKER_KEPT = False
+
+
+@pytest.mark.xfail(
+    not SLOW_GROKKER_KEPT,
+    reason="known gap (BENCHMARKS.md, Grok predictor): the shipped coefficients give the p=59 "
+    "slow grokker P(grok) ≈ 0.01 at 1,650 steps, below keep_above",
+    strict=True,
+)
+def test_slow_grokker_is_not_stopped_before_it_groks(recorded_curves) -> None:
+    """slow_grokker_p59_f04 memorizes at 150 and groks at 4,450; its validation loss rises until
+    ~1,650. The hand patience (10× memorization) stops it there as never-grok; P(grok) keeps it."""
+    curve = recorded_curves["slow_grokker_p59_f04"]
+    hand = _replay(GrokPolicy(PolicyConfig(max_t=5000, predictor=False)), "s", curve)
+    assert hand[-1].kind is DecisionKind.STOP and hand[-1].reason.startswith("never-grok")
+    assert hand[-1].step < 2000  # the false kill the predictor fixes
+
+    policy = GrokPolicy(PolicyConfig(max_t=5000))
+    decisions = _replay(policy, "s", curve)
+    assert all(d.kind is not DecisionKind.STOP for d in decisions[:-1])
+    assert decisions[-1].phase is Phase.GROKKED and decisions[-1].step == 4450
+    kept = [d for d in decisions if d.reason.startswith("kept past patience")]
+    assert kept and all("P(grok)" in d.reason and d.signals["p_grok"] >= 0.5 for d in kept)
+    assert decisions[-2].score == decisions[-2].signals["p_grok"]  # score is P(grok) now
+
+
+def test_prediction_signals_are_in_every_plateau_decision(recorded_curves) -> None:
+    policy = GrokPolicy(PolicyConfig(max_t=3000))
+    decisions = _replay(policy, "g", recorded_curves["grokker_p47_wd1"])
+    plateau = [d for d in decisions if d.phase in (Phase.PLATEAU, Phase.TRANSITION)]
+    assert plateau
+    for d in plateau:
+        assert 0.0 <= d.signals["p_grok"] <= 1.0 and d.score == d.signals["p_grok"]
+        assert "P(grok)" in d.reason
+        assert ("eta_steps" in d.signals) == (d.signals["p_grok"] >= 0.5)
+
+
+def test_policy_history_is_bounded_and_pickles_small(recorded_curves) -> None:
+    import pickle
+
+    policy = GrokPolicy(PolicyConfig(max_t=1e9, min_patience=1e9))
+    sizes = []
+    for n in range(1, 4001):
+        obs = Observation(
+            step=10 * n,
+            target=0.01,
+            train_loss=0.01,
+            train_acc=1.0,
+            val_loss=5.0,
+            weight_norm=50.0 + (n % 7),
+            extras={"grok/val_correct_prob": 0.02},
+        )
+        policy.observe("t", obs)
+        if n in (400, 4000):
+            sizes.append(len(pickle.dumps(policy)))
+    assert len(policy.histories["t"].rows) <= policy.predictor.capacity
+    assert abs(sizes[1] - sizes[0]) < 1500, sizes
 
 
 def test_patience_is_relative_to_memorization_time() -> None:
@@ -46,11 +117,15 @@ def test_patience_is_relative_to_memorization_time() -> None:
 def test_run_transitioning_at_max_t_is_extended_then_stopped_at_the_cap(recorded_curves) -> None:
     # The slow grokker turns at ~1,600 steps and crosses 0.95 at 4,450: with max_t=3,000 and a
     # patience that covers its quiet stretch, it must be extended past max_t rather than cut.
-    config = PolicyConfig(max_t=3000, max_extension=2000, patience_factor=20)
-    decisions = _replay(GrokPolicy(config), "s", recorded_curves["slow_grokker_p59_f04"])
-    kinds = {d.kind for d in decisions if d.step > 3000}
-    assert DecisionKind.EXTEND in kinds
-    assert decisions[-1].phase is Phase.GROKKED and decisions[-1].step == 4450
+    variants = [(False, 20.0), (True, 20.0)]
+    for predictor, factor in variants:
+        config = PolicyConfig(
+            max_t=3000, max_extension=2000, patience_factor=factor, predictor=predictor
+        )
+        decisions = _replay(GrokPolicy(config), "s", recorded_curves["slow_grokker_p59_f04"])
+        kinds = {d.kind for d in decisions if d.step > 3000}
+        assert DecisionKind.EXTEND in kinds
+        assert decisions[-1].phase is Phase.GROKKED and decisions[-1].step == 4450
 
     short = PolicyConfig(max_t=3000, max_extension=500, patience_factor=20)
     decisions = _replay(GrokPolicy(short), "s", recorded_curves["slow_grokker_p59_f04"])
@@ -78,8 +153,95 @@ def test_divergence_stops_with_its_reason() -> None:
         ({"metric": "val_loss", "mode": "min", "grok_threshold": -1.0}, "grok_threshold"),
         ({"patience_factor": 0}, "patience_factor"),
         ({"max_extension": -1}, "max_extension"),
+        ({"stop_below": -0.1}, "stop_below"),
+        ({"keep_above": 1.5}, "keep_above"),
+        ({"stop_below": 0.6, "keep_above": 0.5}, "stop_below"),
+        ({"judge_after": 0.5}, "judge_after"),
+        ({"predictor": "/no/such/predictor.json"}, "predictor"),
+        ({"predictor": 1.0}, "predictor"),
     ],
 )
 def test_bad_arguments_name_the_field(kwargs, field) -> None:
     with pytest.raises(ValueError, match=field):
         PolicyConfig(**kwargs)
+
+
+class _StubPredictor:
+    """Says whatever the test wants, so the policy's wiring is tested apart from coefficients."""
+
+    capacity = 32
+    recommended_stop_below = 0.05
+
+    def __init__(self, p_grok: float, eta: float | None) -> None:
+        self.p_grok, self.eta = p_grok, eta
+
+    def predict(self, history):
+        from grokschedule.predictor import Prediction
+
+        return Prediction(
+            self.p_grok,
+            self.eta,
+            {"val_loss_slope": 0.1},
+            {"val_loss_slope": -1.0},
+            history.memorized_step,
+            history.step,
+        )
+
+
+def _plateau_policy(p_grok: float, eta: float | None, **config) -> GrokPolicy:
+    policy = GrokPolicy(PolicyConfig(stop_below=0.05, **config))
+    policy.predictor = _StubPredictor(p_grok, eta)  # type: ignore[assignment]
+    return policy
+
+
+def _flat(step: float) -> Observation:
+    """Memorized at step 400, then a flat plateau: no transition evidence at all."""
+    return Observation(
+        step=step,
+        target=0.01,
+        train_loss=1e-3,
+        train_acc=1.0 if step >= 400 else 0.5,
+        val_loss=9.0,
+        weight_norm=50.0,
+    )
+
+
+def test_low_p_grok_stops_a_plateau_early_but_not_before_2x_memorization() -> None:
+    policy = _plateau_policy(0.01, None, max_t=10_000)
+    decisions = [policy.observe("t", _flat(step)) for step in range(100, 2000, 100)]
+    stop = next(d for d in decisions if d.kind is DecisionKind.STOP)
+    assert stop.step == 800  # 2× memorization at 400
+    assert stop.reason.startswith("never-grok: P(grok) 0.01")
+    assert "stop_below 0.05 at 2.0× memorization" in stop.reason
+    assert stop.signals["p_grok"] == 0.01 and stop.phase is Phase.STALLED
+    # With interventions a low P(grok) is kicked, not stopped outright.
+    from grokschedule.kick_policy import KickConfig
+
+    kicked = _plateau_policy(0.01, None, max_t=10_000, interventions=KickConfig())
+    kinds = [kicked.observe("t", _flat(step)).kind for step in range(100, 1500, 100)]
+    assert DecisionKind.STOP not in kinds
+
+
+def test_high_p_grok_outlasts_patience_and_extends_when_its_eta_fits() -> None:
+    config = {"max_t": 2000, "max_extension": 1000, "min_patience": 0, "patience_factor": 2}
+    policy = _plateau_policy(0.9, 300.0, **config)
+    decisions = {step: policy.observe("t", _flat(step)) for step in range(100, 3100, 100)}
+    kept = decisions[1500]  # patience 2× memorization (400) ran out at 1,200
+    assert kept.kind is DecisionKind.CONTINUE and kept.reason.startswith("kept past patience")
+    assert "P(grok) 0.90, ETA 300 steps" in kept.reason and kept.signals["eta_steps"] == 300
+    extended = decisions[2000]
+    assert extended.kind is DecisionKind.EXTEND
+    assert "predicted to grok by 2300" in extended.reason
+    assert decisions[3000].kind is DecisionKind.STOP  # the extension cap still holds
+
+    late = _plateau_policy(0.9, 5000.0, **config)
+    final = [late.observe("t", _flat(step)) for step in range(100, 2100, 100)][-1]
+    assert final.kind is DecisionKind.STOP and final.reason.startswith("budget: reached max_t")
+
+
+def test_middling_p_grok_leaves_the_patience_rule_in_charge() -> None:
+    policy = _plateau_policy(0.3, None, max_t=10_000, min_patience=0, patience_factor=2)
+    decisions = [policy.observe("t", _flat(step)) for step in range(100, 2000, 100)]
+    stop = next(d for d in decisions if d.kind is DecisionKind.STOP)
+    assert stop.step == 1200 and stop.reason.startswith("never-grok: no transition evidence")
+    assert "P(grok) 0.30" in stop.reason

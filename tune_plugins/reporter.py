@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from grokschedule.policy import Decision
 from tune_plugins.scheduler import GrokScheduler
 
 
@@ -22,15 +23,40 @@ def trial_label(trial: Trial) -> str:
     return f"{trial.trial_id} {params}".strip()
 
 
+def _p_grok(decision: Decision | None) -> str:
+    if decision is None:
+        return "-"
+    if "p_grok" in decision.signals:
+        return f"{decision.signals['p_grok']:.2f}"
+    return f"~{decision.score:.2f}"  # the heuristic score: no prediction for this trial
+
+
+def _eta(decision: Decision | None) -> str:
+    if decision is None or "eta_steps" not in decision.signals:
+        return "-"
+    eta = decision.signals["eta_steps"]
+    return f"{eta / 1000:.1f}k" if eta >= 10_000 else f"{eta:.0f}"
+
+
 def _fmt(value: Any, width: int) -> str:
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
     return text[:width].ljust(width)
 
 
 class GrokConsoleReporter(Callback):
-    """Print each trial's step, train/val metrics, phase, score and last decision with reason."""
+    """Print each trial's step, train/val metrics, phase, P(grok), ETA and last decision with
+    its reason. P(grok) and ETA come from the scheduler's calibrated predictor (``-`` before a
+    trial has memorized, or with ``predictor=False``, where the heuristic score is shown)."""
 
-    COLUMNS = (("trial", 44), ("step", 6), ("train", 6), ("val", 6), ("phase", 10), ("score", 5))
+    COLUMNS = (
+        ("trial", 44),
+        ("step", 6),
+        ("train", 6),
+        ("val", 6),
+        ("phase", 10),
+        ("P(grok)", 7),
+        ("ETA", 7),
+    )
 
     def __init__(
         self,
@@ -78,7 +104,8 @@ class GrokConsoleReporter(Callback):
                 (result.get(self.train_metric, "-"), 6),
                 (result.get(metric, "-"), 6),
                 (decision.phase.value if decision else trial.status.lower(), 10),
-                (decision.score if decision else "-", 5),
+                (_p_grok(decision), 7),
+                (_eta(decision), 7),
             ]
             last = f"{decision.kind.value}: {decision.reason}" if decision else ""
             rows.append("  ".join(_fmt(v, w) for v, w in cells) + "  " + last[:100])

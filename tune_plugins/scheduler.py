@@ -98,6 +98,12 @@ class GrokScheduler(FIFOScheduler):
         tracker_options: Overrides for ``grokschedule.phases.TrackerConfig``.
         interventions: Kick runs on quiet plateaus: ``True`` for the defaults, a list of kick
             kinds, or a mapping of ``grokschedule.kick_policy.KickConfig`` fields.
+        predictor: The calibrated ``GrokPredictor`` behind P(grok) and ETA: ``True`` for the
+            shipped coefficients, a path to a predictor JSON, ``False`` for the hand rules alone.
+        stop_below: P(grok) under which a plateau past ``judge_after`` × memorization is stopped
+            (default: the value recommended in the predictor file).
+        keep_above: P(grok) at or above which patience does not stop a plateau.
+        judge_after: Multiples of memorization time before P(grok) may stop a run.
         kick_config_change: For trainables that do not poll the control channel, what a kick
             becomes in the trial's config (``grokschedule.control.config_change`` by default:
             ``lr``, ``weight_decay``, ``batch_size``, ``optimizer``, ``momentum``;
@@ -121,6 +127,10 @@ class GrokScheduler(FIFOScheduler):
         weight_norm: str | None = "weight_norm",
         tracker_options: Mapping[str, Any] | None = None,
         interventions: bool | list[str] | Mapping[str, Any] | None = None,
+        predictor: bool | str = True,
+        stop_below: float | None = None,
+        keep_above: float = 0.5,
+        judge_after: float = 2.0,
         kick_config_change: ConfigChange = config_change,
     ) -> None:
         super().__init__()
@@ -144,6 +154,10 @@ class GrokScheduler(FIFOScheduler):
             "stop_on_grok": stop_on_grok,
             "tracker": dict(tracker_options or {}),
             "interventions": KickConfig.from_user(interventions),
+            "predictor": predictor,
+            "stop_below": stop_below,
+            "keep_above": keep_above,
+            "judge_after": judge_after,
         }
         self._metric, self._mode = metric, mode
         # Validate every argument now, before any trial runs; metric/mode may still come later.

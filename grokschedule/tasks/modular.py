@@ -7,6 +7,7 @@ after. They are tiny, exact and cheap, so the scheduler can be exercised end to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,8 +36,11 @@ def _modpow(base: torch.Tensor, exponent: int, modulus: int) -> torch.Tensor:
     return result
 
 
+MAX_P = 1_009  # p² examples: ~1 M pairs, far past what a grokking study needs
+
+
 def _is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class ModularTask:
     def __post_init__(self) -> None:
         if self.op not in OPERATIONS:
             raise ValueError(f"op must be one of {sorted(OPERATIONS)}, got {self.op!r}")
+        if not 2 <= self.p <= MAX_P:
+            raise ValueError(f"p must be a prime in [2, {MAX_P}] (p² examples), got {self.p}")
         if not _is_prime(self.p):
             raise ValueError(f"p must be a prime (every op needs a field), got {self.p}")
         if not 0.0 < self.train_fraction < 1.0:
