@@ -236,8 +236,8 @@ class GrokPolicy:
         signals = {k: round(v, 6) for k, v in tracker.signals.items()}
         if prediction is not None:
             signals["p_grok"] = float(prediction.p_grok)
-            if prediction.eta_steps is not None:
-                signals["eta_steps"] = round(float(prediction.eta_steps), 1)
+            if prediction.eta_steps is not None and not tracker.phase.terminal:
+                signals["eta_steps"] = round(float(prediction.eta_steps), 1)  # none once over
         decision = Decision(
             kind=kind,
             reason=reason,
