@@ -10,7 +10,9 @@ The rules, in order of precedence:
    and still inside ``max_t + max_extension``               → EXTEND (keep paying)
    otherwise                                                → STOP (budget)
 5. with interventions: plateau quiet for ``kick_at`` × the
-   patience and kicks left                                  → KICK
+   patience, or (with the predictor) past ``judge_after`` ×
+   memorization and not predicted to grok by ``max_t``,
+   and kicks left                                           → KICK
 6. plateau with no transition evidence for longer than the
    patience — ``patience_factor`` × the trial's own
    memorization time, at least ``min_patience`` steps       → STOP (never-grok)
@@ -329,6 +331,19 @@ class GrokPolicy:
             return prediction
         return None
 
+    def _behind_schedule(self, trial_id: str, t: PhaseTracker) -> Prediction | None:
+        """The prediction, when a plateau past ``judge_after`` × memorization is not expected to
+        grok by ``max_t``: such a run is worth a kick even while it shows weak evidence, which
+        keeps the quiet-plateau rule from ever firing."""
+        prediction = self.prediction(trial_id)
+        if prediction is None or self._memorization_ratio(trial_id) < self.config.judge_after:
+            return None
+        eta = prediction.eta_steps
+        on_time = eta is not None and t.step + eta <= self.config.max_t
+        if prediction.p_grok >= self.config.keep_above and on_time:
+            return None
+        return prediction
+
     def _promising(self, trial_id: str) -> Prediction | None:
         prediction = self.prediction(trial_id)
         if prediction is None or prediction.p_grok < self.config.keep_above:
@@ -364,15 +379,20 @@ class GrokPolicy:
         if phase is not Phase.PLATEAU or t.step >= self.config.max_t:
             return None, "", None
         quiet, patience = self.quiet_steps(trial_id, t), self.patience(t)
-        if quiet < kicks.config.kick_at * patience:
+        behind = self._behind_schedule(trial_id, t)
+        if quiet < kicks.config.kick_at * patience and behind is None:
             return None, "", None
         chosen = kicks.choose(trial_id, obs.step, train)
         if chosen is None:
             return None, "", None
         command_id, kick = chosen
+        why = (
+            f"plateau quiet {quiet:.0f} steps ≥ {kicks.config.kick_at:g}× patience {patience:.0f}"
+            if behind is None
+            else f"not predicted to grok by max_t {self.config.max_t:.0f}: {behind.describe()}"
+        )
         reason = (
-            f"kick {kick.kind} {kick.params or ''}: plateau quiet {quiet:.0f} steps ≥ "
-            f"{kicks.config.kick_at:g}× patience {patience:.0f}; kick {kicks.trial(trial_id).used}"
+            f"kick {kick.kind} {kick.params or ''}: {why}; kick {kicks.trial(trial_id).used}"
             f"/{kicks.config.max_kicks}; sweep stats helped/tried: {kicks.describe_stats()}"
         )
         kick = type(kick)(kick.kind, kick.params, kick.duration_steps, reason)

@@ -11,11 +11,12 @@ from grokschedule.phases import Observation, Phase
 from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
 
 
-def _policy(**kick_options) -> GrokPolicy:
+def _policy(predictor: bool = False, **kick_options) -> GrokPolicy:
+    """The kick rules on their own; ``predictor=True`` adds the behind-schedule kick."""
     kicks = KickConfig(
         **{"kicks": (Kick(GROKFAST), Kick(LR_MULTIPLY, {"factor": 3.0}, 100))} | kick_options
     )
-    return GrokPolicy(PolicyConfig(max_t=3000, interventions=kicks))
+    return GrokPolicy(PolicyConfig(max_t=3000, interventions=kicks, predictor=predictor))
 
 
 def _ack(obs: Observation, command_id: int, step: float) -> Observation:
@@ -23,18 +24,38 @@ def _ack(obs: Observation, command_id: int, step: float) -> Observation:
     return Observation(**{**obs.__dict__, "control": control})
 
 
-def test_a_quiet_plateau_is_kicked_before_it_would_be_stopped(recorded_curves) -> None:
-    policy = _policy()
+def _kicks(policy: GrokPolicy, curve: dict) -> list:
+    """Replay ``curve``, acknowledging each kick at the next step (when the trainer applies it);
+    the decisions up to a STOP."""
     decisions, acked = [], None
-    for obs in observations(recorded_curves["memorizer_p47_wd0"]):
+    for obs in observations(curve):
         if acked is not None:
             obs = _ack(obs, *acked)
         decision = policy.observe("m", obs)
         decisions.append(decision)
         if decision.kind is DecisionKind.KICK:
-            acked = (decision.command["id"], decision.step + 1)  # the trainer applies it next step
+            acked = (decision.command["id"], decision.step + 1)
         if decision.kind is DecisionKind.STOP:
             break
+    return decisions
+
+
+def test_a_run_not_predicted_to_grok_in_budget_is_kicked_at_twice_its_memorization(
+    recorded_curves,
+) -> None:
+    policy = _policy(predictor=True)
+    kicks = [
+        d for d in _kicks(policy, recorded_curves["memorizer_p47_wd0"]) if d.kind.name == "KICK"
+    ]
+    memorized = policy.trackers["m"].memorized_step
+    assert kicks and 2 * memorized <= kicks[0].step < 0.5 * policy.patience(policy.trackers["m"])
+    assert "not predicted to grok by max_t 3000: P(grok)" in kicks[0].reason
+    assert kicks[0].signals["p_grok"] < 0.5
+
+
+def test_a_quiet_plateau_is_kicked_before_it_would_be_stopped(recorded_curves) -> None:
+    policy = _policy()
+    decisions = _kicks(policy, recorded_curves["memorizer_p47_wd0"])
     kicks = [d for d in decisions if d.kind is DecisionKind.KICK]
     assert [k.command["id"] for k in kicks] == [0, 1]
     assert {k.command["kick"]["kind"] for k in kicks} == {GROKFAST, LR_MULTIPLY}  # no repeats

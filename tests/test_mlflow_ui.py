@@ -99,7 +99,7 @@ def test_ui_shows_the_sweep_runs_and_a_plot(ui, tmp_path: Path) -> None:
     for name in CURVES:
         assert name in parent
     assert "sweep/grokked" in parent and "grok.summary" in parent
-    assert "4 trials: 2 grokked, 2 stopped (2 kicks)" in parent
+    assert "4 trials: 2 grokked, 2 stopped (4 kicks)" in parent
 
     trial_url = f"{server.uri}/#/experiments/1/runs/{runs['delayed_grokker_p47_small']}"
     plot_url = f"{trial_url}/artifacts/curves.png"
