@@ -124,6 +124,7 @@ def test_overlapping_kicks_by_restart_each_end_on_their_own_schedule() -> None:
         max_t=200,
         patience_factor=1.0,
         min_patience=40,
+        predictor=False,  # kicks on the quiet-plateau clock alone, so their steps are known
         interventions={
             "kicks": [
                 Kick(LR_MULTIPLY, {"factor": 2.0}, duration_steps=10),

@@ -23,7 +23,8 @@ def test_summary_counts_outcomes_compute_and_kicks(recorded_curves) -> None:
     assert [t.trial_id for t in summary.grokked] == ["grokker_p47_wd1"]
     assert [t.trial_id for t in summary.stopped] == ["memorizer_p47_wd0"]
     assert summary.stopped[0].kicks == 1  # kicked once (never acknowledged), then stopped
+    assert summary.grokked[0].kicks == 1  # the p=23 predictor does not expect it to grok either
     assert summary.steps_used == 1650 + steps["memorizer_p47_wd0"]
     text = summary.render()
-    assert "Interventions: 1 kicks on 1 trials, 0 rolled back" in text
+    assert "Interventions: 2 kicks on 2 trials, 0 rolled back; 1 kicked trials grokked" in text
     assert f"to run every trial to max_t=3,000 ({summary.steps_used / 6000:.0%})" in text
