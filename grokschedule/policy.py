@@ -510,8 +510,13 @@ class GrokPolicy:
         return 0.5
 
     def _remember(self, trial_id: str, decision: Decision) -> None:
-        """Log every decision whose kind or phase differs from the previous one."""
+        """Log every decision whose kind or phase differs from the previous one, and every one
+        that carries a command (a KICK right after another is a new kick)."""
         previous = self.last_decision.get(trial_id)
         self.last_decision[trial_id] = decision
-        if previous is None or (previous.kind, previous.phase) != (decision.kind, decision.phase):
+        changed = previous is None or (previous.kind, previous.phase) != (
+            decision.kind,
+            decision.phase,
+        )
+        if changed or decision.command is not None:
             self.log.setdefault(trial_id, []).append(decision)

@@ -386,19 +386,16 @@ class GrokScheduler(FIFOScheduler):
         return decision
 
     def _annotate(self, trial_id: str, decision: Decision, note: str = "") -> None:
-        """Say how a KICK/ROLLBACK was carried out in the decision the console and MLflow show,
-        and make sure the decision log holds it: the policy logs a decision only when its kind
-        or phase changed, which would hide a KICK right after another."""
+        """Say how a KICK/ROLLBACK was carried out in the decision the console and MLflow show
+        (the policy logged it: it carries a command)."""
         policy = self._require_policy()
         reason = f"{decision.reason}; {note}" if note else decision.reason
         annotated = dataclasses.replace(decision, reason=reason)
         if policy.last_decision.get(trial_id) is decision:
             policy.last_decision[trial_id] = annotated
-        log = policy.log.setdefault(trial_id, [])
+        log = policy.log.get(trial_id, [])
         if log and log[-1] is decision:
             log[-1] = annotated
-        else:
-            log.append(annotated)
         logger.info("GrokScheduler: trial %s: %s", trial_id, annotated.reason)
 
     def _known_control(self, trial: Trial, result: Mapping[str, Any]) -> dict[str, float]:
