@@ -1,12 +1,15 @@
 """grokschedule: grokking-aware scheduling for Ray Tune.
 
-The decision core (signals, phases, policy) is plain Python + numpy; Ray, DeepSpeed and MLflow
-live in thin adapters (``tune_plugins``, ``grokschedule.runner``, ``grokschedule.tasks``).
+Layers, each importing only those below it (checked by import-linter in ``./dev test``):
+``app`` (CLI, demo, sweep spec, runner) → ``adapters`` (everything that imports Ray) →
+``training`` (torch, DeepSpeed) and ``tracking`` (MLflow) → ``core`` (numpy only). The names
+below are the core's public API; ``tune_plugins`` is the import path of the Tune adapters.
 """
 
-from grokschedule.phases import Observation, Phase, PhaseTracker, TrackerConfig
-from grokschedule.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
-from grokschedule.predictor import GrokPredictor, Prediction
+from grokschedule.core.contract import Observation
+from grokschedule.core.phases import Phase, PhaseConfig, PhaseDetector
+from grokschedule.core.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.predictor import GrokPredictor, Prediction
 
 __all__ = [
     "Decision",
@@ -15,9 +18,9 @@ __all__ = [
     "GrokPredictor",
     "Observation",
     "Phase",
-    "PhaseTracker",
+    "PhaseConfig",
+    "PhaseDetector",
     "PolicyConfig",
     "Prediction",
-    "TrackerConfig",
 ]
 __version__ = "0.1.0"

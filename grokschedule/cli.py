@@ -10,7 +10,7 @@ from pathlib import Path
 
 # Subcommands with their own argument parser get the rest of the command line untouched.
 DELEGATES = {
-    "sweep": "grokschedule.sweep:sweep_main",
+    "sweep": "grokschedule.app.sweep:sweep_main",
     "report": "grokschedule.tracking.report:report_main",
 }
 BENCHMARKS = {
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="then that benchmark's options")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from grokschedule.demo import run_demo
+        from grokschedule.app.demo import run_demo
 
         return run_demo(args.root, args.quick)
     parser.error(f"{args.command} needs arguments; see {args.command} --help")

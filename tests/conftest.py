@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from grokschedule.phases import Observation
+from grokschedule.core.contract import Observation
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,10 +14,10 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from grokschedule.kick_policy import KickConfig
-from grokschedule.phases import Observation
-from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
-from grokschedule.tracking.sweep import SweepLogger
+from grokschedule.core.contract import Observation
+from grokschedule.core.kick_policy import KickConfig
+from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.tracking.logger import SweepLogger
 
 DATA = Path(__file__).parent / "data"
 CURVES = DATA / "recorded_curves.json"

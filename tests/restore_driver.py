@@ -7,7 +7,7 @@ import sys
 import ray
 from ray import tune
 
-from grokschedule.bench.replay import replay_trainable
+from grokschedule.bench.replay_trainable import replay_trainable
 from tune_plugins import GrokCallback, GrokScheduler
 
 

@@ -19,8 +19,8 @@ from grokschedule.bench.bank import (
     generate_bank,
     init_mlp,
 )
-from grokschedule.tasks.modular import ModularMLP, ModularTask, build_model
-from grokschedule.tasks.training import ModularTrainer, TrainConfig
+from grokschedule.training.modular.task import ModularMLP, ModularTask, build_model
+from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 
 torch.set_num_threads(1)
 

@@ -18,6 +18,9 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
 
+from grokschedule.adapters.control_channel import ControlChannel, ControlClient
+from grokschedule.adapters.restart import restart_with_config
+from grokschedule.adapters.trainables.modular import kick_config_change, modular_trainable
 from grokschedule.bench.interventions import (
     KIND_NAMES,
     BenchSettings,
@@ -27,16 +30,9 @@ from grokschedule.bench.interventions import (
     interventions_bench_main,
     run_one,
 )
-from grokschedule.control import (
-    Command,
-    ControlChannel,
-    ControlClient,
-    config_change,
-    restart_with_config,
-)
-from grokschedule.kicks import Kick
-from grokschedule.tasks.trainable import kick_config_change, modular_trainable
-from grokschedule.tasks.training import ModularTrainer, TrainConfig
+from grokschedule.core.commands import Command, config_change
+from grokschedule.core.kicks import Kick
+from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 
 torch.set_num_threads(1)
 

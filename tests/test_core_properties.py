@@ -5,9 +5,10 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grokschedule.kick_policy import KickConfig
-from grokschedule.phases import Observation, Phase
-from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.contract import Observation
+from grokschedule.core.kick_policy import KickConfig
+from grokschedule.core.phases import Phase
+from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
 
 anything = st.floats(allow_nan=True, allow_infinity=True, width=64)
 maybe = st.one_of(st.none(), anything)

@@ -23,11 +23,11 @@ from ray import tune
 from ray.train import Checkpoint
 from ray.tune.experiment import Trial
 
-from grokschedule import checkpoints
-from grokschedule.bench.replay import replay_trainable
-from grokschedule.checkpoints import CheckpointFallbackWarning, CorruptCheckpointError
-from grokschedule.kicks import LR_MULTIPLY, Kick
-from grokschedule.tasks.trainable import STATE_FILE, modular_trainable
+from grokschedule.adapters.trainables.modular import STATE_FILE, modular_trainable
+from grokschedule.bench.replay_trainable import replay_trainable
+from grokschedule.core.kicks import LR_MULTIPLY, Kick
+from grokschedule.training import checkpoints
+from grokschedule.training.checkpoints import CheckpointFallbackWarning, CorruptCheckpointError
 from tune_plugins import GrokCallback, GrokScheduler
 
 CURVES = str(Path(__file__).parent / "data" / "recorded_curves.json")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from grokschedule.kicks import LR_MULTIPLY, Kick
-from grokschedule.policy import DecisionKind
-from grokschedule.tasks.trainable import modular_trainable
+from grokschedule.adapters.trainables.modular import modular_trainable
+from grokschedule.core.kicks import LR_MULTIPLY, Kick
+from grokschedule.core.policy import DecisionKind
 from tune_plugins import GrokScheduler
 
 CONFIG = {

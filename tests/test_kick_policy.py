@@ -5,10 +5,11 @@ import math
 import pytest
 from conftest import observations
 
-from grokschedule.kick_policy import KickConfig
-from grokschedule.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
-from grokschedule.phases import Observation, Phase
-from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.contract import Observation
+from grokschedule.core.kick_policy import KickConfig
+from grokschedule.core.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
+from grokschedule.core.phases import Phase
+from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
 
 
 def _policy(predictor: bool = False, **kick_options) -> GrokPolicy:

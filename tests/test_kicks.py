@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grokschedule.interventions import KickApplier
-from grokschedule.kicks import KINDS, Kick, KickRecord
-from grokschedule.tasks.training import ModularTrainer, TrainConfig, make_optimizer
+from grokschedule.core.kicks import KINDS, Kick, KickRecord
+from grokschedule.training.kick_applier import KickApplier
+from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig, make_optimizer
 
 torch.set_num_threads(1)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow_helpers import MlflowServer, log_recorded_sweep
 
+from grokschedule.tracking.logger import SweepLogger
 from grokschedule.tracking.spool import CURSOR
-from grokschedule.tracking.sweep import SweepLogger
 
 pytestmark = [
     pytest.mark.slow,

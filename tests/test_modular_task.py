@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from grokschedule.tasks.modular import ModularTask, build_model
-from grokschedule.tasks.training import ModularTrainer, TrainConfig
+from grokschedule.training.modular.task import ModularTask, build_model
+from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 
 KNOWN = {"p": 47, "train_fraction": 0.5, "lr": 3e-3, "embed_dim": 64, "hidden_dim": 256}
 

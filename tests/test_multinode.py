@@ -2,7 +2,7 @@
 
 Two Ray nodes on loopback, both with token auth on as in every cluster config: a head with one
 CPU and a worker with two CPUs and the custom resource ``gpu_node``, standing in for a GPU node.
-``ray job submit --working-dir <repo> -- python -m grokschedule.sweep sweeps/multinode-test.yaml``
+``ray job submit --working-dir <repo> -- grokschedule sweep sweeps/multinode-test.yaml``
 runs a sweep whose trials each need ``gpu_node``; Ray's own records then show where they ran.
 
 ``ray stop`` cannot be aimed at one cluster and other clusters may run on this machine, so the
@@ -218,7 +218,7 @@ def test_resources_no_node_has_fail_before_tune(cluster: Cluster, tmp_path: Path
     path.write_text(yaml.safe_dump(spec))
     env = cluster.env | {"RAY_ADDRESS": cluster.gcs, "GROKSCHEDULE_STORAGE_PATH": str(tmp_path)}
     run = subprocess.run(
-        [sys.executable, "-m", "grokschedule.sweep", str(path), "--dry-run"],
+        [sys.executable, "-m", "grokschedule.app.sweep", str(path), "--dry-run"],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -234,7 +234,7 @@ def test_resources_no_node_has_fail_before_tune(cluster: Cluster, tmp_path: Path
 def test_submitted_sweep_runs_its_trials_on_the_gpu_node(cluster: Cluster) -> None:
     runs = cluster.runs
     submit = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard]
-    entrypoint = ["python", "-m", "grokschedule.sweep", SPEC]
+    entrypoint = ["python", "-m", "grokschedule.app.sweep", SPEC]
     job = subprocess.run(
         [*submit, "--working-dir", str(REPO), "--", *entrypoint],
         env=cluster.env,

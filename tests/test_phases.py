@@ -2,11 +2,12 @@ import math
 
 from conftest import observations
 
-from grokschedule.phases import Observation, Phase, PhaseTracker, TrackerConfig
+from grokschedule.core.contract import Observation
+from grokschedule.core.phases import Phase, PhaseConfig, PhaseDetector
 
 
-def _tracker() -> PhaseTracker:
-    return PhaseTracker(TrackerConfig(grok_threshold=0.95))
+def _tracker() -> PhaseDetector:
+    return PhaseDetector(PhaseConfig(grok_threshold=0.95))
 
 
 def test_a_recorded_grokker_walks_through_every_phase(recorded_curves) -> None:
@@ -52,7 +53,7 @@ def test_non_finite_loss_is_divergence() -> None:
 
 
 def test_min_mode_reads_a_loss_target() -> None:
-    tracker = PhaseTracker(TrackerConfig(grok_threshold=0.1, mode="min"))
+    tracker = PhaseDetector(PhaseConfig(grok_threshold=0.1, mode="min"))
     for step, loss in enumerate([3.0, 2.0, 1.0, 0.05]):
         tracker.update(Observation(step=step, target=loss, train_loss=0.001, train_acc=1.0))
     assert tracker.phase is Phase.GROKKED

@@ -1,8 +1,9 @@
 import pytest
 from conftest import observations
 
-from grokschedule.phases import Observation, Phase
-from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.contract import Observation
+from grokschedule.core.phases import Phase
+from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
 
 
 def _replay(policy: GrokPolicy, trial_id: str, curve) -> list:
@@ -176,7 +177,7 @@ class _StubPredictor:
         self.p_grok, self.eta = p_grok, eta
 
     def predict(self, history):
-        from grokschedule.predictor import Prediction
+        from grokschedule.core.predictor import Prediction
 
         return Prediction(
             self.p_grok,
@@ -215,7 +216,7 @@ def test_low_p_grok_stops_a_plateau_early_but_not_before_2x_memorization() -> No
     assert "stop_below 0.05 at 2.0× memorization" in stop.reason
     assert stop.signals["p_grok"] == 0.01 and stop.phase is Phase.STALLED
     # With interventions a low P(grok) is kicked, not stopped outright.
-    from grokschedule.kick_policy import KickConfig
+    from grokschedule.core.kick_policy import KickConfig
 
     kicked = _plateau_policy(0.01, None, max_t=10_000, interventions=KickConfig())
     kinds = [kicked.observe("t", _flat(step)).kind for step in range(100, 1500, 100)]

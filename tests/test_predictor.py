@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 
 import grokschedule
-from grokschedule.predictor import (
-    FEATURES,
-    FLAGS,
-    GrokHistory,
-    GrokPredictor,
-    Prediction,
-    auroc,
-    fit_logistic,
-)
+from grokschedule.core.fitting import auroc, fit_logistic
+from grokschedule.core.predictor import FEATURES, FLAGS, GrokHistory, GrokPredictor, Prediction
 
 
 @pytest.fixture(scope="module")

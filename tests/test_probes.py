@@ -1,5 +1,5 @@
-"""In-training probes (grokschedule.probes): each quantity on inputs whose answer is known, and
-the trainer integration (keys present only when on, budget, checkpoint)."""
+"""In-training probes (grokschedule.training.probes): each quantity on inputs whose answer is
+known, and the trainer integration (keys present only when on, budget, checkpoint)."""
 
 import copy
 import math
@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from grokschedule.probes import (
+from grokschedule.training.modular.task import build_model
+from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
+from grokschedule.training.probes import (
     ProbeSchedule,
     SlowGradientShare,
     covariance_spectrum,
@@ -19,8 +21,6 @@ from grokschedule.probes import (
     singular_values,
     spectral_entropy,
 )
-from grokschedule.tasks.modular import build_model
-from grokschedule.tasks.training import ModularTrainer, TrainConfig
 
 TINY = {"p": 23, "embed_dim": 16, "hidden_dim": 32, "eval_every": 5, "max_steps": 20}
 

@@ -12,7 +12,7 @@ from conftest import DATA, observations
 
 from grokschedule.bench.bank import CONTRACT_NAMES, GRID_COLUMNS, METRICS, CurveBank
 from grokschedule.bench.replay_bench import run_replay
-from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
 
 pytestmark = pytest.mark.slow
 # Known from the recorded curves, every other point of the first 60 (steps 100, 200, ..., 3000:

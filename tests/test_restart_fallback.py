@@ -14,8 +14,8 @@ from ray.tune.experiment import Trial
 from ray.tune.result import SHOULD_CHECKPOINT
 from ray.tune.schedulers import TrialScheduler
 
-from grokschedule.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
-from grokschedule.policy import DecisionKind
+from grokschedule.core.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
+from grokschedule.core.policy import DecisionKind
 from tune_plugins import GrokScheduler
 
 

@@ -17,7 +17,7 @@ import pytest
 import ray
 from ray import tune
 
-from grokschedule.bench.replay import replay_trainable
+from grokschedule.bench.replay_trainable import replay_trainable
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent

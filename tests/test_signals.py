@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from grokschedule.signals import MetricWindow, log_trend, robust_trend
+from grokschedule.core.signals import MetricWindow, log_trend, robust_trend
 
 
 def test_window_keeps_the_latest_samples_in_order() -> None:

@@ -1,8 +1,8 @@
 from conftest import observations
 
-from grokschedule.kick_policy import KickConfig
-from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
-from grokschedule.summary import SweepSummary, TrialOutcome
+from grokschedule.core.kick_policy import KickConfig
+from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.summary import SweepSummary, TrialOutcome
 
 
 def test_summary_counts_outcomes_compute_and_kicks(recorded_curves) -> None:

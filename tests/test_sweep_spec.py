@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
-from grokschedule.bench.replay import replay_trainable
-from grokschedule.sweep import sweep_main
-from grokschedule.sweep_spec import (
+from grokschedule.adapters.trainables.modular import modular_trainable
+from grokschedule.app.spec import (
     REQUIRED,
     SECTIONS,
     ClusterView,
@@ -28,7 +27,8 @@ from grokschedule.sweep_spec import (
     load_spec,
     parse_spec,
 )
-from grokschedule.tasks.trainable import modular_trainable
+from grokschedule.app.sweep import sweep_main
+from grokschedule.bench.replay_trainable import replay_trainable
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 CLUSTER_ENV = {
@@ -110,7 +110,7 @@ def test_a_valid_spec_becomes_tune_objects() -> None:
 def test_import_path_trainable_and_nested_config() -> None:
     loaded = parse_spec(
         spec(
-            trainable="grokschedule.bench.replay:replay_trainable",
+            trainable="grokschedule.bench.replay_trainable:replay_trainable",
             search_space={"curve_file": "c.json", "zero": {"stage": {"grid": [1, 2]}}},
         ),
         env={},
@@ -181,8 +181,8 @@ def test_import_path_trainable_and_nested_config() -> None:
         ),
         (spec(trainable="no_such_pkg.mod:fn"), "trainable: cannot import 'no_such_pkg.mod'"),
         (
-            spec(trainable="grokschedule.bench.replay:nope"),
-            "trainable: 'grokschedule.bench.replay' has no function 'nope'",
+            spec(trainable="grokschedule.bench.replay_trainable:nope"),
+            "trainable: 'grokschedule.bench.replay_trainable' has no function 'nope'",
         ),
         (
             spec(search_space={"wieght_decay": 1.0}),
@@ -371,7 +371,14 @@ space_keys = st.sampled_from(
 )
 sections = {
     "trainable": st.sampled_from(
-        ["modular", "replay", "modualr", "no_such_pkg.mod:fn", "grokschedule.bench.replay:nope", ""]
+        [
+            "modular",
+            "replay",
+            "modualr",
+            "no_such_pkg.mod:fn",
+            "grokschedule.bench.replay_trainable:nope",
+            "",
+        ]
     )
     | json_values,
     "search_space": st.dictionaries(space_keys, json_values | samplers | numbers, max_size=4)
@@ -400,7 +407,7 @@ sections = {
             "patience_factor": numbers,
             "max_extension": numbers | st.none(),
             "val_loss": st.none() | st.text(max_size=4) | numbers,
-            "tracker_options": json_values,
+            "phase_options": json_values,
             "interventions": st.booleans()
             | st.lists(st.sampled_from(["grokfast", "lr_multiply", "x"]))
             | json_values,

@@ -13,11 +13,11 @@ import mlflow
 import pytest
 from mlflow_helpers import free_port, log_recorded_sweep
 
-from grokschedule.runner import ensure_experiment, local_tracking_uri
+from grokschedule.app.runner import ensure_experiment, local_tracking_uri
 from grokschedule.tracking import names
+from grokschedule.tracking.logger import SweepLogger
 from grokschedule.tracking.report import SweepReport, render, report_main, sync
 from grokschedule.tracking.spool import RECORDS, REJECTED
-from grokschedule.tracking.sweep import SweepLogger
 from grokschedule.tracking.timeline import judge, kick_effects, timeline_markdown
 from grokschedule.tracking.views import mlflow_view, spool_view
 

@@ -15,8 +15,8 @@ import ray
 from mlflow_helpers import CURVES, MlflowServer
 from ray import tune
 
-from grokschedule.bench.replay import replay_trainable
-from grokschedule.runner import SweepSettings, run_sweep
+from grokschedule.app.runner import SweepSettings, run_sweep
+from grokschedule.bench.replay_trainable import replay_trainable
 from grokschedule.tracking import names
 from grokschedule.tracking.report import report_main
 from grokschedule.tracking.spool import CURSOR, RECORDS, REJECTED, read_records

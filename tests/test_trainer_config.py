@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grokschedule.trainer.config import (
+from grokschedule.training.deepspeed.config import (
     GIB,
     TrainerConfig,
     check_fits,

@@ -16,12 +16,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from grokschedule.control import Command as ChannelCommand
-from grokschedule.control import ControlState
-from grokschedule.kicks import Kick
-from grokschedule.trainer.config import TrainerConfig
-from grokschedule.trainer.engine import DeepSpeedRun, SetAdapterRank
-from grokschedule.trainer.task import ModularDeepSpeedTask
+from grokschedule.core.commands import Command as ChannelCommand
+from grokschedule.core.commands import ControlState
+from grokschedule.core.kicks import Kick
+from grokschedule.training.deepspeed.config import TrainerConfig
+from grokschedule.training.deepspeed.engine import DeepSpeedRun, SetAdapterRank
+from grokschedule.training.deepspeed.task import ModularDeepSpeedTask
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +190,7 @@ def test_a_model_that_does_not_fit_fails_before_initialize(process_group: None) 
 def lm_run(**overrides: object) -> DeepSpeedRun:
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    from grokschedule.trainer.lm_task import LMTask
+    from grokschedule.training.deepspeed.lm_task import LMTask
 
     values = {
         "task": "lm",
@@ -210,7 +210,7 @@ def lm_run(**overrides: object) -> DeepSpeedRun:
 
 def test_text_task_targets_only_the_answer() -> None:
     pytest.importorskip("transformers")
-    from grokschedule.trainer.lm_task import EOS, IGNORE, CharTokenizer, encode_examples
+    from grokschedule.training.deepspeed.lm_task import EOS, IGNORE, CharTokenizer, encode_examples
 
     tokenizer = CharTokenizer()
     inputs, targets = encode_examples([("7+9=", "5")], 8, tokenizer)
@@ -243,7 +243,7 @@ def test_lora_rank_grows_in_place_of_the_function(process_group: None, tmp_path:
 
 def test_bench_runs_tiny_and_reports_throughput_and_overhead(process_group: None) -> None:
     pytest.importorskip("transformers")
-    from grokschedule.trainer.bench import trainer_bench_main
+    from grokschedule.bench.trainer import trainer_bench_main
 
     argv = ["--tiny", "--stages", "2", "--steps", "2", "--monitor-every", "2", "--rounds", "1"]
     [result] = trainer_bench_main([*argv, "--warmup", "1"])
@@ -259,7 +259,7 @@ def test_bf16_zero2_and_zero3_with_fused_adam_on_gpu(tmp_path: Path) -> None:
     fresh process so it gets its own NCCL group."""
     pytest.importorskip("transformers")
     out = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "grokschedule.trainer.bench", "--tiny", "--precision"]
+    command = [sys.executable, "-m", "grokschedule.bench.trainer", "--tiny", "--precision"]
     command += ["bf16", "--stages", "2", "3", "--steps", "4", "--monitor-every", "2"]
     env = {**os.environ, "TORCH_CUDA_ARCH_LIST": "9.0a"}
     subprocess.run([*command, "--out", str(out)], check=True, env=env, timeout=900)

@@ -15,11 +15,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchTrainer
 from ray.util.placement_group import placement_group_table
 
-from grokschedule.control import ControlChannel
-from grokschedule.kicks import Kick
-from grokschedule.trainer.engine import STATE_FILE
-from grokschedule.trainer.loop import ScriptedCommands, train_loop_per_worker
-from grokschedule.trainer.tune import TRAIN_RUN_NAME, make_trainable
+from grokschedule.adapters.control_channel import ControlChannel
+from grokschedule.adapters.trainables.deepspeed import TRAIN_RUN_NAME, make_trainable
+from grokschedule.adapters.trainables.train_loop import ScriptedCommands, train_loop_per_worker
+from grokschedule.core.kicks import Kick
+from grokschedule.training.deepspeed.engine import STATE_FILE
 from tune_plugins import GrokScheduler
 
 pytestmark = pytest.mark.slow

@@ -8,10 +8,10 @@ import mlflow
 import pytest
 from ray import tune
 
-from grokschedule.phases import Phase
-from grokschedule.policy import DecisionKind
-from grokschedule.runner import SweepSettings, run_sweep
-from grokschedule.tasks.trainable import modular_trainable
+from grokschedule.adapters.trainables.modular import modular_trainable
+from grokschedule.app.runner import SweepSettings, run_sweep
+from grokschedule.core.phases import Phase
+from grokschedule.core.policy import DecisionKind
 from tune_plugins import GrokScheduler
 
 pytestmark = pytest.mark.slow

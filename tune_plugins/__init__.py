@@ -1,9 +1,13 @@
-"""Ray Tune adapters for grokschedule: scheduler, callbacks, console and MLflow output."""
+"""The documented import path of grokschedule's Ray Tune adapters
+(``from tune_plugins import GrokScheduler``); they live in ``grokschedule.adapters``."""
 
-from tune_plugins.callbacks import GrokCallback
-from tune_plugins.reporter import GrokConsoleReporter
-from tune_plugins.scheduler import GrokScheduler, MissingMetricError
-from tune_plugins.tracking import GrokMLflowLoggerCallback
+from grokschedule.adapters import (
+    GrokCallback,
+    GrokConsoleReporter,
+    GrokMLflowLoggerCallback,
+    GrokScheduler,
+    MissingMetricError,
+)
 
 __all__ = [
     "GrokCallback",

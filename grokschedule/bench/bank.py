@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from grokschedule.tasks.modular import ModularTask
+from grokschedule.training.modular.task import ModularTask
 
 METRICS = (
     "train_loss",

@@ -44,12 +44,12 @@ from typing import Any
 
 import torch
 
-from grokschedule.control import KICK, Command
-from grokschedule.kick_policy import WEIGHT_DECAY_KEY, KickConfig
-from grokschedule.kicks import Kick
-from grokschedule.phases import Observation
-from grokschedule.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
-from grokschedule.tasks.training import ModularTrainer, TrainConfig
+from grokschedule.core.commands import KICK, Command
+from grokschedule.core.contract import CONTROL_WEIGHT_DECAY, Observation
+from grokschedule.core.kick_policy import KickConfig
+from grokschedule.core.kicks import Kick
+from grokschedule.core.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 
 GROK_THRESHOLD = 0.95
 MEMORIZED = 0.99  # train accuracy that counts as the training set memorized
@@ -69,20 +69,7 @@ class PolicyDecide:
         self.policy = GrokPolicy(config)
 
     def __call__(self, trial_id: str, metrics: Mapping[str, float]) -> Decision:
-        def extras(prefix: str) -> dict[str, float]:
-            return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
-
-        observation = Observation(
-            step=float(metrics["step"]),
-            target=float(metrics["val_acc"]),
-            train_loss=float(metrics["train_loss"]),
-            train_acc=float(metrics["train_acc"]),
-            val_loss=float(metrics["val_loss"]),
-            weight_norm=float(metrics["weight_norm"]),
-            extras=extras("grok/"),
-            control=extras("control/"),
-        )
-        return self.policy.observe(trial_id, observation)
+        return self.policy.observe(trial_id, Observation.from_result(metrics))
 
 
 Decide = Callable[[str, Mapping[str, float]], Decision]
@@ -112,7 +99,7 @@ def bench_policy(settings: BenchSettings, kicks: Sequence[Kick] = BENCH_KICKS) -
         max_t=settings.steps,
         min_patience=settings.steps / 3,
         patience_factor=5.0,
-        tracker={"warmup_results": 1},
+        phases={"warmup_results": 1},
         stop_on_grok=False,  # the run goes on for ``tail`` steps to catch forgetting
         interventions=KickConfig(
             kicks=tuple(kicks),
@@ -217,7 +204,7 @@ def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None = None
     metrics: dict[str, float] = {}
     for metrics in trainer.run(poll):
         metrics.update(trainer.control_metrics())
-        metrics[WEIGHT_DECAY_KEY] = float(trainer.optimizer.param_groups[0]["weight_decay"])
+        metrics[CONTROL_WEIGHT_DECAY] = float(trainer.optimizer.param_groups[0]["weight_decay"])
         forgetting.update(metrics)
         step = int(metrics["step"])
         if memorized_step is None and metrics["train_acc"] >= MEMORIZED:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from ray.tune.experiment import Trial
 
-from tune_plugins import GrokScheduler
+from grokschedule.adapters import GrokScheduler
 
 
 def simulated_results(trials: int, seed: int) -> Iterator[list[dict[str, Any]]]:

@@ -32,27 +32,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from grokschedule.bench.bank import CurveBank
-from grokschedule.predictor import (
-    CONFIDENCE,
-    CORRECT_PROB,
-    FEATURES,
-    FLAGS,
-    FORMAT,
-    INPUTS,
-    ZERO_LOSS_SHARE,
-    GrokHistory,
-    GrokPredictor,
-    auroc,
-    fit_logistic,
-    fit_ridge,
-)
+from grokschedule.core.contract import VAL_CONFIDENCE, VAL_CORRECT_PROB, ZERO_LOSS_SHARE
+from grokschedule.core.fitting import auroc, fit_logistic, fit_ridge
+from grokschedule.core.predictor import FEATURES, FLAGS, FORMAT, INPUTS, GrokHistory, GrokPredictor
 
 SCHEDULE = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)
 JUDGED_AT = (2.0, 4.0)
 # Replays of every curve with metrics masked, and their weight relative to the full replay.
 VARIANTS: dict[str, tuple[tuple[str, ...], float]] = {
     "full": ((), 1.0),
-    "no grok/*": ((CORRECT_PROB, CONFIDENCE, ZERO_LOSS_SHARE), 0.5),
+    "no grok/*": ((VAL_CORRECT_PROB, VAL_CONFIDENCE, ZERO_LOSS_SHARE), 0.5),
     "no weight_norm": (("weight_norm",), 0.5),
     "no val_acc": (("val_acc",), 0.5),
 }
@@ -273,8 +262,8 @@ def policy_replay(
     budgets: ``max_t`` at 2/3 of the horizon, extension to the horizon. Recall, compute against
     FIFO+stop-at-grok, false kills, and where the non-grokkers were stopped."""
     from grokschedule.bench.replay_bench import default_max_t
-    from grokschedule.phases import Observation
-    from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
+    from grokschedule.core.contract import Observation
+    from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
 
     paths: dict[str, str] = {}
     for group, params in (models or {}).items():
@@ -299,16 +288,8 @@ def policy_replay(
         last = 0.0
         decision = None
         for i, step in enumerate(curve["step"]):
-            obs = Observation(
-                step=float(step),
-                target=float(curve["val_acc"][i]),
-                train_loss=float(curve["train_loss"][i]),
-                train_acc=float(curve["train_acc"][i]),
-                val_loss=float(curve["val_loss"][i]),
-                weight_norm=float(curve["weight_norm"][i]),
-                extras={k: float(v[i]) for k, v in curve.items() if k.startswith("grok/")},
-            )
-            decision = policy.observe(str(index), obs)
+            row = {name: float(values[i]) for name, values in curve.items()}
+            decision = policy.observe(str(index), Observation.from_result(row))
             last = float(step)
             if decision.kind is DecisionKind.STOP:
                 break

@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 
-from grokschedule.probes import (
+from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
+from grokschedule.training.probes import (
     ModelProbes,
     covariance_spectrum,
     entropy_and_rank,
     singular_values,
 )
-from grokschedule.tasks.training import ModularTrainer, TrainConfig
 
 GROK, MEMORIZED = 0.95, 0.99
 SIGNALS = (

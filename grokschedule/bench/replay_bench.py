@@ -41,9 +41,9 @@ from ray.tune.schedulers import (
     TrialScheduler,
 )
 
+from grokschedule.adapters import GrokScheduler
 from grokschedule.bench.bank import BankGrid, CurveBank, generate_bank
-from grokschedule.bench.replay import replay_trainable
-from tune_plugins import GrokScheduler
+from grokschedule.bench.replay_trainable import replay_trainable
 
 SCHEDULERS = ("fifo", "asha", "median", "hyperband", "grok")
 PAUSING = {"median", "hyperband"}  # they PAUSE trials, so those must resume from a checkpoint

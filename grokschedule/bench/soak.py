@@ -33,12 +33,12 @@ from ray import tune
 from ray._private.internal_api import memory_summary
 from ray.tune.experiment import Trial
 
+from grokschedule.adapters import GrokCallback, GrokScheduler
 from grokschedule.bench.bank import CONTRACT_NAMES, GRID_COLUMNS, METRICS, CurveBank
-from grokschedule.bench.replay import replay_trainable
 from grokschedule.bench.replay_bench import TRIAL_CPU, default_max_t
-from grokschedule.phases import Observation
-from grokschedule.policy import DecisionKind, GrokPolicy, PolicyConfig
-from tune_plugins import GrokCallback, GrokScheduler
+from grokschedule.bench.replay_trainable import replay_trainable
+from grokschedule.core.contract import Observation
+from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
 
 METRIC = "val_acc"
 RSS_EVERY = 25  # trials between RSS samples
@@ -80,20 +80,6 @@ def bank_from_curves(path: Path, out: Path) -> Path:
     return out
 
 
-def observation(metrics: Mapping[str, float]) -> Observation:
-    """A reported result as the scheduler reads it, written out independently of the adapter so
-    that a wrong mapping there shows up as a mismatch."""
-    return Observation(
-        step=float(metrics["step"]),
-        target=float(metrics[METRIC]),
-        train_loss=float(metrics["train_loss"]),
-        train_acc=float(metrics["train_acc"]),
-        val_loss=float(metrics["val_loss"]),
-        weight_norm=float(metrics["weight_norm"]),
-        extras={k: float(v) for k, v in metrics.items() if k.startswith("grok/")},
-    )
-
-
 def offline_outcome(config: PolicyConfig, curve: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Replay one curve through a fresh ``GrokPolicy`` until it stops or the curve ends."""
     policy = GrokPolicy(config)
@@ -101,7 +87,7 @@ def offline_outcome(config: PolicyConfig, curve: Mapping[str, np.ndarray]) -> di
     results = 0
     for index in range(len(curve["step"])):
         metrics = {name: values[index].item() for name, values in curve.items()}
-        decision = policy.observe("offline", observation(metrics))
+        decision = policy.observe("offline", Observation.from_result(metrics))
         results += 1
         if decision.kind is DecisionKind.STOP:
             break

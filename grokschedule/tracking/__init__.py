@@ -6,8 +6,8 @@ delivers, so MLflow being away never stalls training and loses nothing; ``report
 ``grokschedule report``. ``tune_plugins.GrokMLflowLoggerCallback`` drives the logger from Tune.
 """
 
+from grokschedule.tracking.logger import SweepLogger
 from grokschedule.tracking.report import SweepReport, render, report_main, sync
-from grokschedule.tracking.sweep import SweepLogger
 from grokschedule.tracking.views import mlflow_view, spool_view
 
 __all__ = [

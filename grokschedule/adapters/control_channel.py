@@ -1,0 +1,150 @@
+"""The live control channel: a named Ray actor the scheduler posts commands to and the trainer
+polls between optimizer steps. What a command says is ``grokschedule.core.commands``.
+
+``ControlChannel.post`` (scheduler, in ``on_trial_result``) validates on the driver and sends
+without waiting; ``ControlClient.poll(step)`` (trainer) asks the channel at most every
+``poll_every`` steps and hands back the commands posted since.
+
+Delivery is at most once: the channel drops a trial's commands when they are polled, so a command
+polled by a worker that dies before its next checkpoint is gone. The scheduler sees that as
+``control/acked_id`` not advancing (or going back) and may post it again under a new id.
+
+The channel is one named actor per Ray namespace (``CHANNEL_NAME``), made with
+``get_if_exists=True`` by the first ``post``, so the Tune driver owns it and it ends with the
+sweep's driver; clients only look it up, since an actor made by a trial's worker would die with
+that worker. It is not detached: commands are meaningless once the driver that decided them is
+gone, and a detached actor would outlive crashed sweeps on a shared cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from grokschedule.core.commands import Command
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.actor import ActorHandle
+
+logger = logging.getLogger(__name__)
+CHANNEL_NAME = "grokschedule-control"
+
+
+class _Mailbox:
+    """The actor's body: per-trial queues of command dicts."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, list[dict[str, Any]]] = {}
+
+    def post(self, trial_id: str, command: dict[str, Any]) -> None:
+        self._queues.setdefault(trial_id, []).append(command)
+
+    def take(self, trial_id: str) -> list[dict[str, Any]]:
+        return self._queues.pop(trial_id, [])
+
+    def discard(self, trial_id: str) -> None:
+        self._queues.pop(trial_id, None)
+
+
+class ControlChannel:
+    """Scheduler side. Cheap to build and to pickle (Tune pickles its scheduler): the actor is
+    made or found on the first ``post``, once Ray is up."""
+
+    def __init__(self, name: str = CHANNEL_NAME, namespace: str | None = None) -> None:
+        self.name, self.namespace = name, namespace
+        self._handle: ActorHandle[_Mailbox] | None = None
+        self._last_id: dict[str, int] = {}
+
+    def post(self, trial_id: str, command: Mapping[str, Any] | Command) -> None:
+        """Queue ``command`` for ``trial_id`` without waiting for the actor.
+
+        Validated here, on the driver, so a bad command fails in the scheduler that made it
+        rather than in a trial; ids must grow per trial.
+        """
+        parsed = command if isinstance(command, Command) else Command.from_dict(command)
+        last = self._last_id.get(trial_id, -1)
+        if parsed.id <= last:
+            raise ValueError(
+                f"command ids must grow per trial: {parsed.id} after {last} for {trial_id}"
+            )
+        self._last_id[trial_id] = parsed.id
+        self._actor().post.remote(trial_id, parsed.to_dict())
+
+    def discard(self, trial_id: str) -> None:
+        """Drop a finished trial's undelivered commands (call from ``on_trial_complete``)."""
+        self._last_id.pop(trial_id, None)
+        if self._handle is not None:
+            self._handle.discard.remote(trial_id)
+
+    def _actor(self) -> ActorHandle[_Mailbox]:
+        if self._handle is None:
+            import ray
+
+            mailbox = ray.remote(_Mailbox).options(
+                name=self.name,
+                namespace=self.namespace,
+                get_if_exists=True,
+                num_cpus=0,  # a queue must never hold a CPU a trial could use
+            )
+            self._handle = cast("ActorHandle[_Mailbox]", mailbox.remote())
+        return self._handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An actor handle from a pickled scheduler would point into a cluster that may be gone.
+        return {**self.__dict__, "_handle": None}
+
+
+class ControlClient:
+    """Trainer side: ``poll(step)`` returns the commands posted for this trial since the last
+    poll, asking the actor at most every ``poll_every`` steps. Until the scheduler has posted
+    anything the actor may not exist yet; that reads as no commands.
+
+    A slow answer never fails the trial: after ``timeout_s`` the poll returns nothing and keeps
+    the request, whose commands (the actor has already handed them over) come with a later poll
+    instead of being lost. On a loaded cluster a 30 s ``ray.get`` timeout did fail trials here.
+    """
+
+    def __init__(
+        self,
+        trial_id: str,
+        poll_every: int,
+        name: str = CHANNEL_NAME,
+        namespace: str | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        if isinstance(poll_every, bool) or not isinstance(poll_every, int) or poll_every <= 0:
+            raise ValueError(f"poll_every must be an int > 0, got {poll_every!r}")
+        self.trial_id, self.poll_every = trial_id, poll_every
+        self.name, self.namespace, self.timeout_s = name, namespace, timeout_s
+        self._handle: ActorHandle[_Mailbox] | None = None
+        self._pending: ObjectRef[list[dict[str, Any]]] | None = None
+        self._next_poll: int | None = None
+
+    def poll(self, step: int) -> list[dict[str, Any]]:
+        if self._next_poll is not None and step < self._next_poll:
+            return []
+        self._next_poll = step + self.poll_every
+        import ray
+
+        if self._pending is None:
+            if self._handle is None:
+                try:
+                    self._handle = ray.get_actor(self.name, namespace=self.namespace)
+                except ValueError:  # not made yet: nothing was ever posted
+                    return []
+            self._pending = self._handle.take.remote(self.trial_id)
+        ready, _ = ray.wait([self._pending], timeout=self.timeout_s)
+        if not ready:
+            logger.warning(
+                "control channel: no answer for trial %s within %.0f s at step %d; its "
+                "commands will be collected at the next poll",
+                self.trial_id,
+                self.timeout_s,
+                step,
+            )
+            return []
+        request, self._pending = self._pending, None
+        commands: list[dict[str, Any]] = ray.get(request)
+        return commands

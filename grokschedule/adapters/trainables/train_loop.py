@@ -1,0 +1,149 @@
+"""The per-worker Ray Train loop: restore, train, report the metric contract, checkpoint, and
+apply commands from a control channel between optimizer steps.
+
+Every rank runs this function. All ranks report (Train V2's ``report`` is collective) the same
+all-reduced metrics; ``TuneReportCallback`` forwards rank 0's to Tune. Checkpoints are DeepSpeed
+checkpoints: every rank saves its shard into its own directory and reports it, and Ray merges
+them into one checkpoint directory in the run's storage.
+
+With the live control channel (``ChannelCommands``, config ``control=True`` under Tune) every
+report carries the ``control/*`` acknowledgements the scheduler reads, and the first report after
+a command carries a checkpoint, so the rollback point taken before a kick survives a restart.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from grokschedule.adapters.control_channel import ControlClient
+from grokschedule.core.commands import Command as ChannelCommand
+from grokschedule.training.deepspeed.config import (
+    TrainerConfig,
+    check_hardware,
+    prepare_cuda_build_env,
+)
+from grokschedule.training.deepspeed.engine import Command, DeepSpeedRun, broadcast_object
+from grokschedule.training.deepspeed.registry import build_task
+
+# The key in ``train_loop_config`` under which a command source travels (see ``poll_commands``).
+COMMANDS_KEY = "_grokschedule_commands"
+CommandSource = Callable[[int], Sequence[Command]]
+
+
+class ScriptedCommands:
+    """A command source that plays a fixed script ``{step: [command, ...]}``: for planned
+    interventions, ablations and tests. Picklable, so it travels to the workers."""
+
+    def __init__(self, script: Mapping[int, Sequence[Command]]) -> None:
+        self.script = {int(step): list(commands) for step, commands in script.items()}
+
+    def __call__(self, step: int) -> list[Command]:
+        """Everything scripted at or before ``step`` not yet handed out (polls may skip steps)."""
+        due = sorted(s for s in self.script if s <= step)
+        return [command for s in due for command in self.script.pop(s)]
+
+
+class ChannelCommands:
+    """The command source for a trial under ``GrokScheduler(interventions=...)``: what the
+    scheduler posted to the control channel for ``trial_id``, validated. The loop decides when to
+    ask (every ``poll_every`` steps), so the client asks the channel on every call. Picklable
+    before its first poll, which is how it travels to the workers."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.client = ControlClient(trial_id, poll_every=1)
+
+    def __call__(self, step: int) -> list[Command]:
+        return [ChannelCommand.from_dict(command) for command in self.client.poll(step)]
+
+
+def poll_commands(source: CommandSource | None, step: int) -> list[Command]:
+    """The hook between the trainer and a control channel: rank 0 asks ``source`` for the
+    commands pending at ``step`` and broadcasts them, so every rank applies the same commands
+    at the same step (ranks that disagreed would deadlock in the next collective)."""
+    pending = list(source(step)) if source is not None and _rank() == 0 else []
+    return list(broadcast_object(pending))
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def device_for(config: TrainerConfig) -> torch.device:
+    if not config.use_gpu:
+        return torch.device("cpu")
+    device = ray.train.torch.get_device()
+    torch.cuda.set_device(device)
+    return device
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Train one trial on this worker; ``loop_config`` is the trial's flat config."""
+    config = TrainerConfig.from_mapping(loop_config)
+    torch.set_num_threads(config.torch_threads)
+    check_hardware(config)
+    if config.use_gpu:
+        prepare_cuda_build_env()
+    device = device_for(config)
+    task = build_task(config.task, loop_config, config.activation_checkpointing)
+    source: CommandSource | None = loop_config.get(COMMANDS_KEY)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        run = DeepSpeedRun(config, task, device)
+    else:
+        with checkpoint.as_directory() as directory:
+            run = DeepSpeedRun.restore(config, task, device, Path(directory))
+
+    controlled = isinstance(source, ChannelCommands)
+    checkpointed_ack = run.control.acked_id
+    started, examples = time.perf_counter(), 0  # throughput between reports, without them
+    while run.step < config.max_steps:
+        if run.step % config.poll_every == 0:
+            for command in poll_commands(source, run.step):
+                run.apply(command)
+        examples += run.batch_size
+        run.train_step()
+        run.after_step()
+        if run.step % config.eval_every and run.step != config.max_steps:
+            continue
+        if config.use_gpu:
+            torch.cuda.synchronize()  # count the kernels queued so far, not just their launch
+        tokens_per_s = examples * run.task.tokens_per_example / (time.perf_counter() - started)
+        metrics = {**report_metrics(run), "tokens_per_s": tokens_per_s}
+        if controlled:
+            metrics.update(run.control.metrics(len(run.active)))
+        every = config.checkpoint_every
+        due = every and (run.step % every == 0 or run.step == config.max_steps)
+        if run.can_checkpoint and (due or (every and run.control.acked_id != checkpointed_ack)):
+            checkpointed_ack = run.control.acked_id
+            with tempfile.TemporaryDirectory() as directory:
+                run.save(Path(directory))
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+                ray.train.report(metrics, checkpoint=checkpoint)
+        else:
+            ray.train.report(metrics)
+        started, examples = time.perf_counter(), 0
+
+
+def report_metrics(run: DeepSpeedRun) -> dict[str, Any]:
+    """The metric contract (see README), reduced over all ranks; every rank gets the same."""
+    metrics: dict[str, Any] = {"step": run.step, **run.meter.reduce()}
+    for split in run.task.eval_splits():
+        result = run.evaluate(split)
+        metrics[f"{split}_loss"] = result["loss"]
+        metrics[f"{split}_acc"] = result["acc"]
+        metrics[f"grok/{split}_correct_prob"] = result["correct_prob"]
+    metrics["weight_norm"] = run.weight_norm()
+    metrics["lr"] = run.lr
+    metrics["batch_size"] = run.batch_size
+    metrics["optimizer"] = run.optimizer_name
+    return metrics

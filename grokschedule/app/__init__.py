@@ -1,0 +1,1 @@
+"""The application: the demo, the sweep spec and the runner behind ``grokschedule sweep``."""

@@ -1,0 +1,120 @@
+"""Run a grokking-aware Tune sweep: scheduler, callbacks, MLflow and storage wired together.
+
+Used by ``grokschedule demo`` and by tests; the same wiring a user writes in their own code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+from grokschedule.adapters import (
+    GrokCallback,
+    GrokConsoleReporter,
+    GrokMLflowLoggerCallback,
+    GrokScheduler,
+)
+from grokschedule.core.summary import SweepSummary
+
+
+@dataclass
+class SweepSettings:
+    param_space: Mapping[str, Any]
+    scheduler: Mapping[str, Any]
+    trainable: Callable[[dict[str, Any]], None]
+    root: Path
+    experiment: str = "grokschedule-demo"
+    num_samples: int = 1
+    max_concurrent_trials: int | None = None
+    # Per trial: one bundle as a dict, or a placement group for trials spanning nodes.
+    resources: Mapping[str, float] | PlacementGroupFactory = field(
+        default_factory=lambda: {"cpu": 1}
+    )
+    tracking_uri: str | None = None  # default: sqlite store under root
+    storage_path: str | None = None  # Tune's (a path, s3://, gs://); default root/ray_results
+    console_interval_s: float = 20.0
+    max_failures: int = 1
+
+
+@dataclass
+class SweepOutcome:
+    results: tune.ResultGrid
+    summary: SweepSummary
+    names: dict[str, str]
+    tracking_uri: str
+    experiment_path: str
+
+
+def local_tracking_uri(root: Path) -> str:
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> None:
+    """Create the MLflow experiment with artifacts next to the sqlite store, not in the cwd."""
+    client = mlflow.MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+
+
+def run_sweep(settings: SweepSettings) -> SweepOutcome:
+    root = settings.root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    tracking_uri = settings.tracking_uri or local_tracking_uri(root)
+    if tracking_uri.startswith("sqlite:"):
+        ensure_experiment(tracking_uri, settings.experiment, root / "mlartifacts")
+    scheduler = GrokScheduler(**settings.scheduler)
+    callbacks = [
+        GrokCallback(scheduler),
+        GrokConsoleReporter(scheduler, interval_s=settings.console_interval_s),
+        # Also opens and closes the sweep's parent run with its totals; journal under root.
+        GrokMLflowLoggerCallback(
+            scheduler,
+            tracking_uri=tracking_uri,
+            experiment_name=settings.experiment,
+            search_space=settings.param_space,
+            spool_dir=root / "mlflow_spool",
+        ),
+    ]
+    resources = settings.resources
+    if not isinstance(resources, PlacementGroupFactory):
+        resources = dict(resources)
+    trainable = tune.with_resources(settings.trainable, resources)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=dict(settings.param_space),
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler,
+            num_samples=settings.num_samples,
+            max_concurrent_trials=settings.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=settings.experiment,
+            storage_path=settings.storage_path or str(root / "ray_results"),
+            callbacks=callbacks,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    results = tuner.fit()
+    names = {result.metrics.get("trial_id", ""): _trial_name(result) for result in results}
+    return SweepOutcome(
+        results=results,
+        summary=scheduler.summary(),
+        names=names,
+        tracking_uri=tracking_uri,
+        experiment_path=results.experiment_path,
+    )
+
+
+def _trial_name(result: tune.Result) -> str:
+    config = result.config or {}
+    keys = ("op", "p", "train_fraction", "weight_decay", "lr")
+    described = ",".join(f"{k}={config[k]}" for k in keys if k in config)
+    return f"{result.metrics.get('trial_id', '?')}({described})"

@@ -1,0 +1,108 @@
+"""The metric contract: every name a trainable reports and the scheduler reads, and the
+``Observation`` a reported result becomes for the core.
+
+A trainable reports the time attribute, the target metric and the contract scalars (their names
+are configurable, ``MetricNames``), plus optional worker-side signals under ``grok/`` and, if it
+polls the control channel, acknowledgements under ``control/``. The scheduler adds its own
+annotations under ``scheduler/`` (console, MLflow).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SIGNAL_PREFIX = "grok/"
+CONTROL_PREFIX = "control/"
+SCHEDULER_PREFIX = "scheduler/"
+
+# Worker-side signals the core reads when present.
+VAL_CORRECT_PROB = "grok/val_correct_prob"  # mean softmax probability of the correct class
+VAL_CONFIDENCE = "grok/val_confidence"  # mean max softmax on validation
+ZERO_LOSS_SHARE = "grok/zero_loss_share"  # share of training samples at float32 loss 0
+
+# The trainer's acknowledgements of commands (``grokschedule.core.commands``).
+ACKED_ID = "control/acked_id"
+APPLIED_STEP = "control/applied_step"
+ROLLBACKS = "control/rollbacks"
+KICKS_ACTIVE = "control/kicks_active"
+CONTROL_WEIGHT_DECAY = "control/weight_decay"  # the weight decay in force (kicks skip decay at 0)
+
+
+@dataclass(frozen=True)
+class MetricNames:
+    """Which result keys carry the contract; ``None`` says the trainable does not report it."""
+
+    time_attr: str = "step"
+    target: str = "val_acc"
+    train_loss: str | None = "train_loss"
+    train_acc: str | None = "train_acc"
+    val_loss: str | None = "val_loss"
+    weight_norm: str | None = "weight_norm"
+
+    @property
+    def required(self) -> list[str]:
+        """The keys every result must carry."""
+        names = (
+            self.time_attr,
+            self.target,
+            self.train_loss,
+            self.train_acc,
+            self.val_loss,
+            self.weight_norm,
+        )
+        return [name for name in names if name]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One reported result, reduced to the scalars the core reads (``None`` = not reported)."""
+
+    step: float
+    target: float
+    train_loss: float | None = None
+    train_acc: float | None = None
+    val_loss: float | None = None
+    weight_norm: float | None = None
+    extras: Mapping[str, float] = field(default_factory=dict)  # the grok/* signals
+    control: Mapping[str, float] = field(default_factory=dict)  # the trainer's acknowledgements
+
+    @classmethod
+    def from_result(
+        cls,
+        result: Mapping[str, Any],
+        names: MetricNames = MetricNames(),
+        control: Mapping[str, float] | None = None,
+    ) -> Observation:
+        """The observation of one reported ``result`` (a Tune result, a replayed bank row).
+
+        ``control`` adds acknowledgements the trainable cannot report itself (kicks carried out
+        by restart, the weight decay of its config); numeric ``grok/*`` and ``control/*`` keys
+        are taken as they are, a missing target reads NaN.
+        """
+
+        def read(name: str | None) -> float | None:
+            if name is None or result.get(name) is None:
+                return None
+            return float(result[name])
+
+        def prefixed(prefix: str) -> dict[str, float]:
+            return {
+                key: float(value)
+                for key, value in result.items()
+                if key.startswith(prefix) and isinstance(value, int | float)
+            }
+
+        target = read(names.target)
+        return cls(
+            step=float(result[names.time_attr]),
+            target=math.nan if target is None else target,
+            train_loss=read(names.train_loss),
+            train_acc=read(names.train_acc),
+            val_loss=read(names.val_loss),
+            weight_norm=read(names.weight_norm),
+            extras=prefixed(SIGNAL_PREFIX),
+            control={**prefixed(CONTROL_PREFIX), **(control or {})},
+        )

@@ -1,0 +1,194 @@
+"""Checkpoint files that can be checked, and a resume that skips a broken latest checkpoint.
+
+Writing: ``write_file`` writes to a temporary name, fsyncs and renames, so a file under its final
+name is whole; ``seal`` then records the size and sha256 of every file of the checkpoint
+directory in ``manifest.json``. The manifest is what catches damage *after* writing: Tune copies
+the directory to the run's storage file by file (``StorageContext.persist_current_checkpoint``),
+with no atomic step, and disks and object stores truncate or garble files.
+
+Resuming: ``load_valid(tune.get_checkpoint(), load)`` verifies the latest checkpoint against its
+manifest and loads it; if that fails it warns, naming the broken checkpoint and the reason, and
+tries the previous ones, newest first. Tune only hands a trainable its *latest* checkpoint, so
+the previous ones are found next to it: Ray 2.60 persists every checkpoint of a trial as a
+sibling directory ``<trial dir>/checkpoint_<index:06d>`` on the storage filesystem and deletes
+old ones only beyond ``CheckpointConfig(num_to_keep)`` (default: keep all). Listing those
+siblings costs nothing at save time; the alternative, carrying the previous state inside every
+checkpoint, doubles every write for the rare resume that needs it. Keep ``num_to_keep`` at 2 or
+more (or unset) for the fallback to have something to fall back to. Only siblings with a lower
+index count: a higher one is a checkpoint whose upload a failure interrupted, never registered.
+
+A checkpoint without a manifest (written before this module, or by other code) is loaded
+unverified; a load that raises counts as broken all the same. If no checkpoint is usable the
+trainable starts from scratch, with a warning that lists every failure. Tune itself refuses a
+latest checkpoint whose *directory* is gone ("does not exist on storage anymore") before the
+trainable runs; that case stays Tune's error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO, Any, Protocol, TypeVar
+
+MANIFEST = "manifest.json"
+_INDEXED = re.compile(r"^checkpoint_(\d+)$")
+_CHUNK = 1 << 20
+T = TypeVar("T")
+
+
+class Checkpoint(Protocol):
+    """What is read of a stored checkpoint (``ray.train.Checkpoint`` is one), so this module
+    needs no Ray: its path and filesystem, a local view of it, and a sibling built alike."""
+
+    path: str
+    filesystem: Any
+
+    def __init__(self, path: str, filesystem: Any = None) -> None: ...
+
+    def as_directory(self) -> AbstractContextManager[str]: ...
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint directory does not match its manifest (a file missing, truncated, changed)."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The latest checkpoint was unusable: an earlier one (or a fresh start) was used."""
+
+
+def write_file(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` through ``write(file)`` atomically: a reader (or a copy) sees the old file
+    or the complete new one, never a prefix."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != MANIFEST
+    )
+
+
+def seal(directory: Path) -> dict[str, dict[str, Any]]:
+    """Write ``manifest.json`` (size and sha256 of every other file) into ``directory``; call it
+    once the checkpoint's files are written. Returns the manifest's entries."""
+    directory = Path(directory)
+    entries = {
+        name: {"size": (directory / name).stat().st_size, "sha256": _digest(directory / name)}
+        for name in _files(directory)
+    }
+    payload = json.dumps({"version": 1, "files": entries}, indent=1).encode()
+    write_file(directory / MANIFEST, lambda file: file.write(payload))
+    return entries
+
+
+def verify(directory: Path) -> bool:
+    """Check ``directory`` against its manifest: True if it matches, False if it has none
+    (unverifiable, not necessarily broken); ``CorruptCheckpointError`` naming the first file
+    that is missing, of the wrong size or with the wrong hash."""
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if not manifest.exists():
+        return False
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CorruptCheckpointError(f"{MANIFEST} is unreadable: {error}") from error
+    for name, entry in entries.items():
+        path = directory / name
+        if not path.is_file():
+            raise CorruptCheckpointError(f"{name} is missing")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CorruptCheckpointError(f"{name} has {size} bytes, expected {entry['size']}")
+        if _digest(path) != entry["sha256"]:
+            raise CorruptCheckpointError(f"{name} does not match its sha256")
+    return True
+
+
+def candidates(latest: Checkpoint) -> list[Checkpoint]:
+    """``latest``, then the same trial's earlier ``checkpoint_NNNNNN`` siblings on its storage
+    filesystem, newest first (only ``latest`` if it is not such a directory)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    parent, name = posixpath.split(latest.path.rstrip("/"))
+    match = _INDEXED.match(name)
+    if match is None:
+        return [latest]
+    index = int(match.group(1))
+    filesystem = latest.filesystem
+    if filesystem is None:  # Checkpoint infers one from the path; None only for an empty path
+        return [latest]
+    try:
+        infos = filesystem.get_file_info(FileSelector(parent))
+    except OSError:  # the storage cannot list the trial's directory: only the latest is known
+        return [latest]
+    earlier = []
+    for info in infos:
+        sibling = _INDEXED.match(info.base_name)
+        if info.type == FileType.Directory and sibling and int(sibling.group(1)) < index:
+            earlier.append((int(sibling.group(1)), info.path))
+    earlier.sort(reverse=True)
+    return [latest] + [type(latest)(path, filesystem=filesystem) for _, path in earlier]
+
+
+def load_valid(latest: Checkpoint | None, load: Callable[[Path], T]) -> T | None:
+    """``load(directory)`` of the newest usable checkpoint, starting at ``latest`` (what
+    ``tune.get_checkpoint()`` returns); None if there is none. A checkpoint is unusable if it
+    fails ``verify`` or ``load`` raises; skipping one is a ``CheckpointFallbackWarning`` that
+    names it, why, and the checkpoint used instead (or that training starts from scratch)."""
+    if latest is None:
+        return None
+    failures: list[str] = []
+    for candidate in candidates(latest):
+        try:
+            with candidate.as_directory() as directory:
+                verify(Path(directory))
+                value = load(Path(directory))
+        except Exception as error:  # torn or garbled files fail in many ways: skip them all
+            failures.append(f"{candidate.path}: {type(error).__name__}: {error}")
+            continue
+        if failures:
+            warnings.warn(
+                f"checkpoint unusable ({'; '.join(failures)}); resumed from the previous valid "
+                f"checkpoint {candidate.path}",
+                CheckpointFallbackWarning,
+                stacklevel=2,
+            )
+        return value
+    warnings.warn(
+        f"no usable checkpoint ({'; '.join(failures)}); starting from scratch",
+        CheckpointFallbackWarning,
+        stacklevel=2,
+    )
+    return None

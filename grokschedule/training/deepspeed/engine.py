@@ -1,0 +1,567 @@
+"""One worker's DeepSpeed run: the engine, its step, exact metrics, kicks and checkpoints.
+
+Free of Ray so it can be driven and tested in one process; ``loop.py`` puts it under Ray Train.
+Every method that runs a collective (step, evaluate, weight_norm, save, kicks that rebuild the
+engine) must be called by all ranks in the same order — the loop guarantees that by deciding
+everything (when to evaluate, which commands to apply) from the step count or a broadcast.
+
+Kicks (``grokschedule.core.kicks``) on a DeepSpeed engine, and why each is done the way it is:
+
+- lr and weight decay (``lr_multiply``, ``lr_cycle``, ``weight_decay``): written in place into
+  ``engine.optimizer.param_groups`` before every step as ``schedule(step) × Π factors``. The loop
+  owns the schedule (no DeepSpeed LR scheduler), so a kick composes with it and reverts exactly.
+- ``batch_size``: ``engine.set_train_batch_size(base × factor)`` — gradient accumulation, in
+  place. The loop marks accumulation boundaries itself, so a change mid-run cannot misalign them.
+- ``sgd_switch``: under ZeRO the optimizer state *is* the sharded fp32 master weights plus
+  moments, owned by the ZeRO wrapper, so there is no correct in-place swap. The engine is saved
+  (``home``), rebuilt with SGD and loaded with ``load_optimizer_states=False`` (fresh momentum,
+  current weights). At the end of the window the engine is rebuilt with the home optimizer, loads
+  ``home`` with its optimizer state (AdamW moments and step count untouched), then the SGD
+  engine's weights with ``load_module_only=True``, which re-derives the fp32 master from them.
+  Under bf16/fp16 the master is rounded to the training dtype at each switch. No checkpoint is
+  taken inside the window: resuming it would need the home state too.
+- gradient transforms (``grad_noise``, ``grokfast``, ``ortho_grad``) are refused: ZeRO reduces and
+  partitions gradients inside ``backward``, so there is no whole gradient to transform.
+
+Commands from the live control channel (``grokschedule.core.commands.Command``) carry ids and
+are acknowledged in ``control``. Before a channel kick the run saves a rollback point — a DeepSpeed
+checkpoint in node-local scratch plus the kicks in force — and a ``rollback`` command loads it
+into a freshly built engine (the optimizer in force at the point, its moments included). As in
+the modular trainer the step counter is not rolled back (Tune's time attribute must stay
+monotone); the windows of the restored kicks move by the steps rolled back. A pending rollback
+point is copied into every checkpoint, so it survives a worker restart.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from grokschedule.core.commands import KICK, ControlState
+from grokschedule.core.commands import Command as ChannelCommand
+from grokschedule.core.kicks import (
+    BATCH_SIZE,
+    HYPERPARAM_KINDS,
+    SGD_SWITCH,
+    ActiveKick,
+    Kick,
+    KickRecord,
+)
+from grokschedule.training.deepspeed.config import (
+    TrainerConfig,
+    check_fits,
+    deepspeed_config,
+    device_memory_bytes,
+    lr_at,
+)
+from grokschedule.training.deepspeed.task import ExampleStats, Task
+from grokschedule.training.kick_applier import read_hyperparams, write_hyperparams
+
+TAG = "checkpoint"  # DeepSpeed tag inside every checkpoint directory
+ROLLBACK_TAG = "rollback"  # the rollback point's tag, and its directory inside a checkpoint
+STATE_FILE = "trainer_state.json"
+ENGINE_KINDS = HYPERPARAM_KINDS  # the kicks a DeepSpeed engine can take; see module docstring
+
+
+@dataclass(frozen=True)
+class SetAdapterRank:
+    """Command: rebuild with a larger LoRA rank (e.g. 8 → 32 on a plateau); LM task only."""
+
+    rank: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank <= 0:
+            raise ValueError(f"rank must be an int > 0, got {self.rank!r}")
+
+
+Command = Kick | SetAdapterRank | ChannelCommand
+
+
+@dataclass(frozen=True)
+class RollbackPoint:
+    """Where a rollback returns to: the engine saved under ``ROLLBACK_TAG`` in ``directory``
+    (node-local scratch) and the run state beside it. ``switch_dir`` is the sgd_switch home
+    checkpoint in force then, kept alive while the point may need it."""
+
+    directory: Path
+    state: dict[str, Any]
+    switch_dir: Path | None
+
+
+class Meter:
+    """Sums of per-example training statistics since the last report, on this rank. They stay
+    on the device until ``reduce``: a ``.cpu()`` per micro-batch would stall a GPU every time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+
+    def add(self, stats: ExampleStats) -> None:
+        self.sums[0] += stats.loss.detach().double().sum()
+        self.sums[1] += stats.correct.sum()
+        self.sums[2] += stats.zero_loss.sum()
+        self.sums[3] += len(stats.loss)
+
+    def reduce(self) -> dict[str, float]:
+        """Mean over every example every rank trained on since the last call; resets."""
+        total = all_reduce_sum(self.sums, self.device)
+        self.sums.zero_()
+        loss, correct, zero, count = total.tolist()
+        count = max(count, 1.0)
+        return {
+            "train_loss": loss / count,
+            "train_acc": correct / count,
+            "grok/zero_loss_share": zero / count,
+        }
+
+
+def all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum over ranks; float64 on the comm device (NCCL cannot reduce CPU tensors)."""
+    values = values.to(device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return values.cpu()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sample_indices(n: int, size: int, seed: int, step: int, rank: int, micro: int) -> torch.Tensor:
+    """Training indices for one micro-batch: a pure function of where the run is, so a restored
+    or rebuilt run draws exactly the batches it would have drawn, with no sampler state to save."""
+    mixed = ((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro
+    generator = torch.Generator().manual_seed(mixed % (2**63))
+    return torch.randint(n, (size,), generator=generator)
+
+
+class DeepSpeedRun:
+    """The engine and its control state on one worker.
+
+    ``step`` counts optimizer steps taken. ``commands`` applied between steps come from
+    ``apply``; ``after_step`` reverts kicks whose window ended.
+    """
+
+    def __init__(
+        self,
+        config: TrainerConfig,
+        task: Task,
+        device: torch.device,
+        state: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.task = task
+        self.device = device
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        if self.world_size != config.num_workers:
+            raise ValueError(
+                f"num_workers is {config.num_workers} but the process group has "
+                f"{self.world_size} ranks; the batch split depends on it"
+            )
+        self.step = 0
+        self.active: dict[str, ActiveKick] = {}
+        self.meter = Meter(device)
+        self.engine_builds = 0
+        self.control = ControlState()
+        self._rollback: RollbackPoint | None = None
+        self._switch_dir: Path | None = None
+        self._x_train, self._y_train = task.train_split()
+        if state is not None:
+            self.step = int(state["step"])
+            for entry in state["active"]:
+                kick = Kick.from_dict(entry["kick"])
+                self.active[kick.kind] = ActiveKick(kick, int(entry["start"]))
+            if state.get("adapter_rank") is not None:
+                self.task = self.task.with_adapter_rank(int(state["adapter_rank"]))  # type: ignore[attr-defined]
+            self.control = ControlState(**state.get("control", {}))
+        self.engine = self._build_engine(self.config.optimizer, self._model())
+        self.local_rank = int(self.engine.local_rank)  # rank on this node: who writes scratch
+        self._write_hyperparams()
+
+    # -- engine ------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        """The global batch per optimizer step, with a batch_size kick in force."""
+        batch = self.active.get(BATCH_SIZE)
+        factor = 1 if batch is None else int(batch.kick.params["factor"])
+        return self.config.batch_size * factor
+
+    @property
+    def optimizer_name(self) -> str:
+        return "sgd" if SGD_SWITCH in self.active else self.config.optimizer
+
+    def _model(self) -> nn.Module:
+        torch.manual_seed(self.config.seed)  # identical init on every rank
+        return self.task.build_model()
+
+    def _build_engine(self, optimizer: str, model: nn.Module) -> Any:
+        n_params = sum(p.numel() for p in model.parameters())
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        memory, what = device_memory_bytes(self.config.use_gpu)
+        check_fits(n_params, n_trainable, self.config, self.world_size, memory, what)
+        config = deepspeed_config(self.config, optimizer, self.batch_size)
+        config["checkpoint"] = {"use_node_local_storage": True}  # see _switch_checkpoint_dir
+        if self.config.precision != "fp32":
+            model = model.to(self.config.dtype)
+        params = [p for p in model.parameters() if p.requires_grad]
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+        self.engine_builds += 1
+        self._base_wd = [wd for _, wd in read_hyperparams(engine.optimizer)]
+        return engine
+
+    def _release_engine(self) -> None:
+        """Free the engine's memory before its replacement is built (matters on a GPU)."""
+        self.engine.destroy()
+        del self.engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _write_hyperparams(self) -> None:
+        """lr and weight decay for the coming step: schedule × the kicks in force."""
+        kicks = [a for a in self.active.values() if a.kick.kind in HYPERPARAM_KINDS]
+        lr_factor = math.prod(a.kick.lr_factor(self.step - a.start) for a in kicks)
+        wd_factor = math.prod(a.kick.wd_factor() for a in kicks)
+        sgd = self.active.get(SGD_SWITCH)
+        base_lr = sgd.kick.params["lr"] if sgd else lr_at(self.config, self.step)
+        base = [(base_lr, wd) for wd in self._base_wd]
+        write_hyperparams(self.engine.optimizer, base, lr_factor, wd_factor)
+        if sgd is not None:
+            for group in self.engine.optimizer.param_groups:
+                group["momentum"] = sgd.kick.params["momentum"]
+
+    @property
+    def lr(self) -> float:
+        return float(self.engine.optimizer.param_groups[0]["lr"])
+
+    # -- training ----------------------------------------------------------------------------
+    def train_step(self) -> None:
+        """One optimizer step over ``batch_size`` examples, split into micro-batches."""
+        engine = self.engine
+        engine.train()
+        accumulation = engine.gradient_accumulation_steps()
+        for micro in range(accumulation):
+            index = sample_indices(
+                len(self._x_train),
+                self.config.micro_batch_size,
+                self.config.seed,
+                self.step,
+                self.rank,
+                micro,
+            )
+            inputs, targets = self._x_train[index], self._y_train[index]
+            engine.set_gradient_accumulation_boundary(micro == accumulation - 1)
+            stats = self.task.stats(engine, inputs.to(self.device), targets.to(self.device))
+            engine.backward(stats.loss.mean())
+            self.meter.add(stats)
+        engine.step()
+        self.step += 1
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Loss, accuracy and correct-class probability over the *whole* split: each rank takes
+        a contiguous shard and the sums are all-reduced. Every rank runs the same number of
+        forwards (an uncounted one where its shard ran out) because ZeRO-3 gathers weights
+        collectively."""
+        inputs, targets = self.task.eval_splits()[split]
+        self.engine.eval()
+        shard = torch.arange(len(inputs)).tensor_split(self.world_size)[self.rank]
+        size = self.config.eval_batch_size
+        chunks = math.ceil(math.ceil(len(inputs) / self.world_size) / size)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for chunk in range(chunks):
+            index = shard[chunk * size : (chunk + 1) * size]
+            if len(index) == 0:
+                self.task.stats(
+                    self.engine, inputs[:1].to(self.device), targets[:1].to(self.device)
+                )
+                continue
+            stats = self.task.stats(
+                self.engine, inputs[index].to(self.device), targets[index].to(self.device)
+            )
+            sums[0] += stats.loss.double().sum()
+            sums[1] += stats.correct.sum()
+            sums[2] += stats.correct_prob.double().sum()
+            sums[3] += len(index)
+        loss, correct, prob, count = all_reduce_sum(sums, self.device).tolist()
+        return {"loss": loss / count, "acc": correct / count, "correct_prob": prob / count}
+
+    @torch.no_grad()
+    def weight_norm(self) -> float:
+        """L2 norm of the trainable weights, exact under ZeRO-3: a partitioned parameter
+        contributes its local shard (``ds_tensor``; padding is zeros) and the squared sums are
+        all-reduced, so no rank ever holds the whole model. Replicated parameters count once."""
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # sharded, replicated
+        for p in self.engine.module.parameters():
+            if p.requires_grad:
+                shard = getattr(p, "ds_tensor", None)
+                tensor, slot = (p, 1) if shard is None else (shard, 0)
+                # Per tensor in fp32 (no fp64 copy of a large weight), summed in fp64, on device.
+                sums[slot] += torch.linalg.vector_norm(tensor.detach().float()).double().square()
+        sharded = float(all_reduce_sum(sums[:1], self.device))
+        return math.sqrt(sharded + float(sums[1]))
+
+    # -- kicks and commands ------------------------------------------------------------------
+    def apply(self, command: Command) -> KickRecord | None:
+        """Apply a command between optimizer steps; a kick returns its ``KickRecord``."""
+        if isinstance(command, ChannelCommand):
+            return self.apply_channel_command(command)
+        if isinstance(command, SetAdapterRank):
+            self.set_adapter_rank(command.rank)
+            return None
+        return self.apply_kick(command)
+
+    def apply_channel_command(self, command: ChannelCommand) -> KickRecord | None:
+        """A control-channel command: a kick behind a fresh rollback point, or a rollback.
+        ``ValueError`` for an id not above the last one applied or a rollback with no point."""
+        if command.id <= self.control.acked_id:
+            raise ValueError(
+                f"command {command.id} is not newer than the last one applied "
+                f"({self.control.acked_id}); ids must grow per trial"
+            )
+        record, rollbacks = None, self.control.rollbacks
+        if command.type == KICK:
+            assert command.kick is not None  # Command guarantees it for kicks
+            self._take_rollback_point()
+            record = self.apply_kick(command.kick)
+        else:
+            self.rollback()
+            rollbacks += 1
+        self.control = ControlState(command.id, self.step, rollbacks)
+        return record
+
+    def rollback(self) -> None:
+        """Return to the rollback point taken before the latest channel kick (module docstring)."""
+        point = self._rollback
+        if point is None:
+            raise ValueError("rollback: no kick since the last rollback to undo")
+        if point.state["adapter_rank"] != getattr(self.task, "adapter_rank", None):
+            raise ValueError("rollback: the LoRA rank changed since the kick; cannot restore")
+        gap = self.step - int(point.state["step"])
+        self._release_engine()
+        if self._switch_dir not in (None, point.switch_dir):
+            self._remove_scratch(self._switch_dir)
+        self._switch_dir = point.switch_dir
+        self.active = {
+            kick.kind: ActiveKick(kick, int(entry["start"]) + gap)
+            for entry in point.state["active"]
+            for kick in [Kick.from_dict(entry["kick"])]
+        }
+        self.engine = self._build_engine(self.optimizer_name, self._model())
+        self.engine.load_checkpoint(str(point.directory), ROLLBACK_TAG)
+        self._sync_accumulation()
+        self._write_hyperparams()
+        self._drop_rollback_point()
+
+    def _take_rollback_point(self) -> None:
+        self._drop_rollback_point()
+        directory = self._scratch_dir("rollback")
+        self._save_engine(directory, ROLLBACK_TAG)
+        self._rollback = RollbackPoint(directory, self._run_state(), self._switch_dir)
+
+    def _drop_rollback_point(self) -> None:
+        point, self._rollback = self._rollback, None
+        if point is None:
+            return
+        self._remove_scratch(point.directory)
+        if point.switch_dir not in (None, self._switch_dir):
+            self._remove_scratch(point.switch_dir)
+
+    def _remove_scratch(self, directory: Path | None) -> None:
+        if dist.is_initialized():
+            dist.barrier()  # every rank of the node is done reading it
+        if directory is not None and self.local_rank == 0:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def apply_kick(self, kick: Kick) -> KickRecord:
+        """Put ``kick`` in force from the next optimizer step (``self.step``).
+
+        A kick of a kind already in force replaces it from now on.
+        """
+        if kick.kind not in ENGINE_KINDS:
+            raise ValueError(
+                f"kick {kick.kind!r} cannot be applied to a DeepSpeed engine: ZeRO reduces and "
+                f"partitions gradients inside backward; supported: {sorted(ENGINE_KINDS)}"
+            )
+        before = self._snapshot()
+        switching = kick.kind == SGD_SWITCH and SGD_SWITCH not in self.active
+        if switching:
+            self._rebuild_from_checkpoint("sgd")
+        self.active.pop(kick.kind, None)
+        self.active[kick.kind] = ActiveKick(kick, self.step)
+        self.engine.set_train_batch_size(self.batch_size)
+        self._sync_accumulation()
+        self._write_hyperparams()
+        return KickRecord(self.step, "apply", kick, _changes(before, self._snapshot()))
+
+    def after_step(self) -> list[KickRecord]:
+        """Call after each ``train_step``: reverts kicks whose window ended and writes the
+        hyperparameters for the next step."""
+        records = []
+        for active in list(self.active.values()):
+            if active.end is not None and active.end <= self.step:
+                before = self._snapshot()
+                del self.active[active.kick.kind]
+                if active.kick.kind == SGD_SWITCH:
+                    self._switch_back()
+                self.engine.set_train_batch_size(self.batch_size)
+                self._sync_accumulation()
+                self._write_hyperparams()
+                changes = _changes(before, self._snapshot())
+                records.append(KickRecord(self.step, "revert", active.kick, changes))
+        self._write_hyperparams()
+        return records
+
+    def set_adapter_rank(self, rank: int) -> None:
+        """Rebuild with a LoRA adapter of rank ``rank``, keeping the function the model computes
+        (the task pads the adapter with zeros); the optimizer starts afresh for the new shapes."""
+        if not hasattr(self.task, "with_adapter_rank"):
+            raise ValueError(f"task {self.task.name!r} has no adapter whose rank could change")
+        if self.config.zero_stage == 3:
+            raise ValueError("raising the LoRA rank needs whole weights: zero_stage <= 2")
+        if SGD_SWITCH in self.active:
+            raise ValueError("cannot change the adapter rank inside an sgd_switch window")
+        old_state = {
+            k: v.detach().float().cpu() for k, v in self.engine.module.state_dict().items()
+        }
+        task = self.task.with_adapter_rank(rank)
+        model = task.build_model()
+        task.load_grown(model, old_state)
+        self._release_engine()
+        self.task = task
+        self.engine = self._build_engine(self.optimizer_name, model)
+        self._write_hyperparams()
+
+    def _sync_accumulation(self) -> None:
+        # ZeRO-1/2's CPU-offload path reads its own copy of the accumulation count.
+        if hasattr(self.engine.optimizer, "gradient_accumulation_steps"):
+            self.engine.optimizer.gradient_accumulation_steps = (
+                self.engine.gradient_accumulation_steps()
+            )
+
+    def _scratch_dir(self, purpose: str) -> Path:
+        """A directory with the same path on every node, so ranks load what their node's local
+        rank 0 wrote (``use_node_local_storage``): model weights are written once per node."""
+        token = broadcast_object(uuid.uuid4().hex if self.rank == 0 else None)
+        return Path(tempfile.gettempdir()) / f"grokschedule-{purpose}" / str(token)
+
+    def _rebuild_from_checkpoint(self, optimizer: str) -> None:
+        self._switch_dir = self._scratch_dir("switch")
+        self._save_engine(self._switch_dir, "home")
+        self._release_engine()
+        self.engine = self._build_engine(optimizer, self._model())
+        self.engine.load_checkpoint(
+            str(self._switch_dir),
+            "home",
+            load_optimizer_states=False,
+            load_lr_scheduler_states=False,
+        )
+
+    def _switch_back(self) -> None:
+        assert self._switch_dir is not None  # set by _rebuild_from_checkpoint
+        self._save_engine(self._switch_dir, "sgd")
+        self._release_engine()
+        self.engine = self._build_engine(self.config.optimizer, self._model())
+        self.engine.load_checkpoint(str(self._switch_dir), "home")
+        # Weights only: ZeRO-1/2 re-derive the fp32 master in ``load_module_only``; ZeRO-3 keeps
+        # weights in its shards, which DeepSpeed reads (through ``latest``) only without
+        # optimizer states. Either way the moments just loaded from ``home`` stay.
+        if self.config.zero_stage == 3:
+            self.engine.load_checkpoint(str(self._switch_dir), "sgd", load_optimizer_states=False)
+        else:
+            self.engine.load_checkpoint(str(self._switch_dir), "sgd", load_module_only=True)
+        if self._rollback is None or self._rollback.switch_dir != self._switch_dir:
+            self._remove_scratch(self._switch_dir)  # else the rollback point still needs it
+        self._switch_dir = None
+
+    def _snapshot(self) -> dict[str, Any]:
+        hyperparams = read_hyperparams(self.engine.optimizer)
+        return {
+            "optimizer": self.optimizer_name,
+            "lr": tuple(lr for lr, _ in hyperparams),
+            "weight_decay": tuple(wd for _, wd in hyperparams),
+            "accumulation_steps": self.engine.gradient_accumulation_steps(),
+            "batch_size": self.batch_size,
+        }
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def can_checkpoint(self) -> bool:
+        """False inside an sgd_switch window (see the module docstring)."""
+        return SGD_SWITCH not in self.active
+
+    def _save_engine(self, directory: Path, tag: str) -> None:
+        # Every rank may write into its own directory, which DeepSpeed creates on rank 0 only.
+        # ``latest`` is needed: ZeRO-3 loads weights without optimizer state through it.
+        (directory / tag).mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(directory), tag=tag)
+
+    def save(self, directory: Path) -> None:
+        """Write this rank's part of a checkpoint into ``directory`` (every rank calls it),
+        with the pending rollback point, if any."""
+        if not self.can_checkpoint:
+            raise ValueError("no checkpoint inside an sgd_switch window")
+        self._save_engine(directory, TAG)
+        if self._rollback is not None and self.local_rank == 0:
+            shutil.copytree(
+                self._rollback.directory / ROLLBACK_TAG,
+                directory / ROLLBACK_TAG / ROLLBACK_TAG,
+                dirs_exist_ok=True,
+            )
+        if self.rank == 0:
+            (directory / STATE_FILE).write_text(json.dumps(self.state()))
+
+    def _run_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "active": [{"kick": a.kick.to_dict(), "start": a.start} for a in self.active.values()],
+            "adapter_rank": getattr(self.task, "adapter_rank", None),
+        }
+
+    def state(self) -> dict[str, Any]:
+        """What the engine does not hold: the step, kicks in force, the adapter's rank, the
+        control acknowledgements and the rollback point's own run state."""
+        rollback = None if self._rollback is None else self._rollback.state
+        return {**self._run_state(), "control": asdict(self.control), "rollback": rollback}
+
+    @classmethod
+    def restore(
+        cls, config: TrainerConfig, task: Task, device: torch.device, directory: Path
+    ) -> DeepSpeedRun:
+        """The run saved in ``directory`` by ``save``, on a freshly built engine."""
+        state = json.loads((directory / STATE_FILE).read_text())
+        run = cls(config, task, device, state)
+        run.engine.load_checkpoint(str(directory), TAG)
+        run._write_hyperparams()
+        if state.get("rollback") is not None:  # a kick's rollback point: back into scratch
+            scratch = run._scratch_dir("rollback")
+            if run.local_rank == 0:
+                shutil.copytree(directory / ROLLBACK_TAG, scratch, dirs_exist_ok=True)
+            if dist.is_initialized():
+                dist.barrier()
+            run._rollback = RollbackPoint(scratch, state["rollback"], None)
+        return run
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {key: (before[key], after[key]) for key in before if before[key] != after[key]}

@@ -1,0 +1,207 @@
+"""Causal-LM fine-tuning on a synthetic text task: modular arithmetic written out as characters.
+
+Needs the optional extra (``transformers``, ``peft``); nothing is downloaded. The model is a tiny
+Llama built from a config in code, the tokenizer a character vocabulary written here, and the
+data the strings ``"a+b=c"`` with ``c = (a + b) mod p`` — the grokking task as text, so a
+language model can show the same memorize-then-generalize curve. Validation holds out pairs;
+the probe set asks for three operands, ``"a+b+c="``, a composition never seen in training.
+
+An optional LoRA adapter (``lora_rank``) trains only low-rank updates of every linear layer.
+``with_adapter_rank`` + ``load_grown`` raise its rank on a plateau (e.g. 8 → 32) without changing
+what the model computes: the old factors are copied into the leading rows/columns and the new
+columns of B are zero. ``lora_alpha`` is kept at ``2 × rank`` so the LoRA scaling stays 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grokschedule.training.deepspeed.task import ExampleStats, Split
+
+PAD, BOS, EOS = 0, 1, 2
+CHARS = "0123456789+="
+IGNORE = -100
+
+
+class CharTokenizer:
+    """Pad, begin, end, then one id per character of ``CHARS``."""
+
+    vocab_size = 3 + len(CHARS)
+
+    def encode(self, text: str) -> list[int]:
+        unknown = set(text) - set(CHARS)
+        if unknown:
+            raise ValueError(f"characters {sorted(unknown)} are not in the vocabulary {CHARS!r}")
+        return [3 + CHARS.index(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(CHARS[i - 3] for i in ids if i >= 3)
+
+
+@dataclass(frozen=True)
+class LMTaskConfig:
+    """The text task and the tiny Llama; keys are prefixed ``lm_`` in a flat trial config."""
+
+    p: int = 23
+    train_fraction: float = 0.5
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    lora_rank: int | None = None  # None: full fine-tuning
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.p < 2:
+            raise ValueError(f"lm_p must be >= 2, got {self.p}")
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(f"lm_train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.hidden % self.heads:
+            raise ValueError(f"lm_hidden {self.hidden} must be divisible by lm_heads {self.heads}")
+        if self.lora_rank is not None and self.lora_rank <= 0:
+            raise ValueError(f"lora_rank must be > 0 or None, got {self.lora_rank}")
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> LMTaskConfig:
+        """``lm_p``, ``lm_lora_rank``, ...; the seed is the trial's ``seed``."""
+        names = [f.name for f in fields(cls) if f.name != "seed"]
+        values = {name: config[f"lm_{name}"] for name in names if f"lm_{name}" in config}
+        if "seed" in config:
+            values["seed"] = config["seed"]
+        return cls(**values)
+
+
+def encode_examples(
+    problems: list[tuple[str, str]], length: int, tokenizer: CharTokenizer
+) -> Split:
+    """``(inputs, targets)``: ``bos prompt answer eos`` right-padded to ``length``; the target at
+    position t is the token at t + 1 on the answer and eos, ``IGNORE`` elsewhere."""
+    inputs = torch.full((len(problems), length), PAD, dtype=torch.long)
+    targets = torch.full((len(problems), length), IGNORE, dtype=torch.long)
+    for i, (prompt, answer) in enumerate(problems):
+        ids = [BOS, *tokenizer.encode(prompt), *tokenizer.encode(answer), EOS]
+        inputs[i, : len(ids)] = torch.tensor(ids)
+        start = len(prompt)  # position of the last prompt token, which predicts the answer
+        targets[i, start : len(ids) - 1] = torch.tensor(ids[start + 1 :])
+    return inputs, targets
+
+
+class LMTask:
+    """Modular addition as text for a causal LM (see the module docstring)."""
+
+    name = "lm"
+
+    def __init__(self, config: LMTaskConfig, activation_checkpointing: bool = False) -> None:
+        self.config = config
+        self.activation_checkpointing = activation_checkpointing
+        self.tokenizer = CharTokenizer()
+        p = config.p
+        pairs = [(a, b) for a in range(p) for b in range(p)]
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))
+        n_train = max(1, round(config.train_fraction * len(pairs)))
+        as_text = [(f"{a}+{b}=", str((a + b) % p)) for a, b in (pairs[i] for i in order)]
+        rng = torch.Generator().manual_seed(config.seed + 1)
+        triples = torch.randint(p, (256, 3), generator=rng).tolist()
+        probe = [(f"{a}+{b}+{c}=", str((a + b + c) % p)) for a, b, c in triples]
+        digits = len(str(p - 1))
+        self.length = 1 + (3 * digits + 3) + digits + 1  # bos, "a+b+c=", answer, eos
+        self.tokens_per_example = self.length
+        self._train = encode_examples(as_text[:n_train], self.length, self.tokenizer)
+        self._val = encode_examples(as_text[n_train:], self.length, self.tokenizer)
+        self._probe = encode_examples(probe, self.length, self.tokenizer)
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any], activation_checkpointing: bool) -> LMTask:
+        return cls(LMTaskConfig.from_mapping(config), activation_checkpointing)
+
+    @property
+    def adapter_rank(self) -> int | None:
+        return self.config.lora_rank
+
+    def with_adapter_rank(self, rank: int) -> LMTask:
+        """The same task and data with a LoRA adapter of ``rank`` (``load_grown`` fills it)."""
+        if self.config.lora_rank is None:
+            raise ValueError("the model has no LoRA adapter (lora_rank is None) to grow")
+        if rank < self.config.lora_rank:
+            raise ValueError(f"rank can only grow: {self.config.lora_rank} → {rank}")
+        return LMTask(replace(self.config, lora_rank=rank), self.activation_checkpointing)
+
+    def build_model(self) -> nn.Module:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        c = self.config
+        model_config = LlamaConfig(
+            vocab_size=self.tokenizer.vocab_size,
+            hidden_size=c.hidden,
+            intermediate_size=4 * c.hidden,
+            num_hidden_layers=c.layers,
+            num_attention_heads=c.heads,
+            num_key_value_heads=c.heads,
+            max_position_embeddings=self.length,
+            pad_token_id=PAD,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+            tie_word_embeddings=True,
+        )
+        model: nn.Module = LlamaForCausalLM(model_config)
+        if self.activation_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if c.lora_rank is not None:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=c.lora_rank,
+                lora_alpha=2 * c.lora_rank,
+                lora_dropout=0.0,
+                target_modules="all-linear",
+            )
+            model = get_peft_model(model, lora)
+        return model
+
+    def load_grown(self, model: nn.Module, old_state: Mapping[str, torch.Tensor]) -> None:
+        """Load a smaller adapter's state into ``model``: leading rows of each ``lora_A``,
+        leading columns of each ``lora_B`` (the rest of B zero), everything else as is."""
+        state = model.state_dict()
+        for key, new in state.items():
+            old = old_state[key].to(new.dtype)
+            if old.shape == new.shape:
+                new.copy_(old)
+            elif ".lora_A." in key:
+                new[: old.shape[0]].copy_(old)
+            elif ".lora_B." in key:
+                new.zero_()
+                new[:, : old.shape[1]].copy_(old)
+            else:
+                raise ValueError(f"{key}: cannot grow {tuple(old.shape)} into {tuple(new.shape)}")
+        model.load_state_dict(state)
+
+    def train_split(self) -> Split:
+        return self._train
+
+    def eval_splits(self) -> dict[str, Split]:
+        return {"val": self._val, "probe": self._probe}
+
+    def stats(
+        self, model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
+    ) -> ExampleStats:
+        """Per example: mean token loss over the answer and eos, exact match of all of them."""
+        logits = model(input_ids=inputs, attention_mask=inputs != PAD).logits.float()
+        mask = targets != IGNORE
+        tokens = mask.sum(1).clamp(min=1)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        loss = (token_loss * mask).sum(1) / tokens
+        right = (logits.detach().argmax(-1) == targets) | ~mask
+        prob = torch.exp(-token_loss.detach())  # p(target token) = exp(-CE), no softmax needed
+        return ExampleStats(
+            loss=loss,
+            correct=right.all(1),
+            correct_prob=(prob * mask).sum(1) / tokens,
+            zero_loss=loss.detach() == 0,
+        )
