@@ -191,6 +191,13 @@ class ActiveKick:
         return None if duration is None else self.start + duration
 
 
+def value_changes(
+    before: Mapping[str, Any], after: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old, new)}`` for every value of ``before`` that ``after`` holds differently."""
+    return {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+
+
 @dataclass(frozen=True)
 class KickRecord:
     """What applying or reverting a kick did, for the scheduler and the logs.

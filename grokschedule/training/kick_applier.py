@@ -44,9 +44,10 @@ from grokschedule.core.kicks import (
     ActiveKick,
     Kick,
     KickRecord,
+    value_changes,
 )
 
-# (name, params, lr, weight_decay) -> optimizer; ``tasks.training.make_optimizer`` fits.
+# (name, params, lr, weight_decay) -> optimizer; ``training.modular.trainer.make_optimizer`` fits.
 OptimizerFactory = Callable[[str, Any, float, float], torch.optim.Optimizer]
 
 
@@ -125,10 +126,6 @@ def _torch_sgd(name: str, params: Any, lr: float, weight_decay: float) -> torch.
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
-def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {key: (before[key], after[key]) for key in before if before[key] != after[key]}
-
-
 class KickApplier:
     """Applies kicks to one model and the optimizer that trains it; see the module docstring.
 
@@ -181,7 +178,7 @@ class KickApplier:
         if kick.kind == SGD_SWITCH:
             self._switched = self._build_sgd(kick)
         self._refresh(step)
-        return KickRecord(step, "apply", kick, _changes(before, self._snapshot()))
+        return KickRecord(step, "apply", kick, value_changes(before, self._snapshot()))
 
     def before_step(self, step: int) -> None:
         """Transform gradients between backward and ``optimizer.step()``: Grokfast, then noise,
@@ -203,7 +200,7 @@ class KickApplier:
                 before = self._snapshot()
                 self._revert(active.kick.kind)
                 self._refresh(step + 1)
-                changes = _changes(before, self._snapshot())
+                changes = value_changes(before, self._snapshot())
                 records.append(KickRecord(step + 1, "revert", active.kick, changes))
         self._refresh(step + 1)
         return records

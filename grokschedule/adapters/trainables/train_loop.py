@@ -31,22 +31,22 @@ from grokschedule.training.deepspeed.config import (
     check_hardware,
     prepare_cuda_build_env,
 )
-from grokschedule.training.deepspeed.engine import Command, DeepSpeedRun, broadcast_object
+from grokschedule.training.deepspeed.engine import DeepSpeedRun, EngineCommand, broadcast_object
 from grokschedule.training.deepspeed.registry import build_task
 
 # The key in ``train_loop_config`` under which a command source travels (see ``poll_commands``).
 COMMANDS_KEY = "_grokschedule_commands"
-CommandSource = Callable[[int], Sequence[Command]]
+CommandSource = Callable[[int], Sequence[EngineCommand]]
 
 
 class ScriptedCommands:
     """A command source that plays a fixed script ``{step: [command, ...]}``: for planned
     interventions, ablations and tests. Picklable, so it travels to the workers."""
 
-    def __init__(self, script: Mapping[int, Sequence[Command]]) -> None:
+    def __init__(self, script: Mapping[int, Sequence[EngineCommand]]) -> None:
         self.script = {int(step): list(commands) for step, commands in script.items()}
 
-    def __call__(self, step: int) -> list[Command]:
+    def __call__(self, step: int) -> list[EngineCommand]:
         """Everything scripted at or before ``step`` not yet handed out (polls may skip steps)."""
         due = sorted(s for s in self.script if s <= step)
         return [command for s in due for command in self.script.pop(s)]
@@ -61,11 +61,11 @@ class ChannelCommands:
     def __init__(self, trial_id: str) -> None:
         self.client = ControlClient(trial_id, poll_every=1)
 
-    def __call__(self, step: int) -> list[Command]:
+    def __call__(self, step: int) -> list[EngineCommand]:
         return [ChannelCommand.from_dict(command) for command in self.client.poll(step)]
 
 
-def poll_commands(source: CommandSource | None, step: int) -> list[Command]:
+def poll_commands(source: CommandSource | None, step: int) -> list[EngineCommand]:
     """The hook between the trainer and a control channel: rank 0 asks ``source`` for the
     commands pending at ``step`` and broadcasts them, so every rank applies the same commands
     at the same step (ranks that disagreed would deadlock in the next collective)."""

@@ -59,6 +59,7 @@ from grokschedule.core.kicks import (
     ActiveKick,
     Kick,
     KickRecord,
+    value_changes,
 )
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
@@ -78,7 +79,7 @@ ENGINE_KINDS = HYPERPARAM_KINDS  # the kicks a DeepSpeed engine can take; see mo
 
 @dataclass(frozen=True)
 class SetAdapterRank:
-    """Command: rebuild with a larger LoRA rank (e.g. 8 → 32 on a plateau); LM task only."""
+    """A command: rebuild with a larger LoRA rank (e.g. 8 → 32 on a plateau); LM task only."""
 
     rank: int
     reason: str = ""
@@ -88,7 +89,7 @@ class SetAdapterRank:
             raise ValueError(f"rank must be an int > 0, got {self.rank!r}")
 
 
-Command = Kick | SetAdapterRank | ChannelCommand
+EngineCommand = Kick | SetAdapterRank | ChannelCommand
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,7 @@ class DeepSpeedRun:
         return math.sqrt(sharded + float(sums[1]))
 
     # -- kicks and commands ------------------------------------------------------------------
-    def apply(self, command: Command) -> KickRecord | None:
+    def apply(self, command: EngineCommand) -> KickRecord | None:
         """Apply a command between optimizer steps; a kick returns its ``KickRecord``."""
         if isinstance(command, ChannelCommand):
             return self.apply_channel_command(command)
@@ -412,7 +413,7 @@ class DeepSpeedRun:
         self.engine.set_train_batch_size(self.batch_size)
         self._sync_accumulation()
         self._write_hyperparams()
-        return KickRecord(self.step, "apply", kick, _changes(before, self._snapshot()))
+        return KickRecord(self.step, "apply", kick, value_changes(before, self._snapshot()))
 
     def after_step(self) -> list[KickRecord]:
         """Call after each ``train_step``: reverts kicks whose window ended and writes the
@@ -427,7 +428,7 @@ class DeepSpeedRun:
                 self.engine.set_train_batch_size(self.batch_size)
                 self._sync_accumulation()
                 self._write_hyperparams()
-                changes = _changes(before, self._snapshot())
+                changes = value_changes(before, self._snapshot())
                 records.append(KickRecord(self.step, "revert", active.kick, changes))
         self._write_hyperparams()
         return records
@@ -561,7 +562,3 @@ class DeepSpeedRun:
                 dist.barrier()
             run._rollback = RollbackPoint(scratch, state["rollback"], None)
         return run
-
-
-def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {key: (before[key], after[key]) for key in before if before[key] != after[key]}
