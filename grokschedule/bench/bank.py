@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +54,16 @@ GRID_COLUMNS = (
     "seed",
     "embed_dim",
     "hidden_dim",
+)
+# Metric columns of the GPU bank layout (shared/banks/README.md), in order.
+GPU_LAYOUT_METRICS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "weight_norm",
+    "val_confidence",
+    "val_correct_prob",
 )
 AXES = ("ops", "ps", "train_fractions", "weight_decays", "lrs", "seeds", "init_scales")
 BETA1, BETA2, EPS = 0.9, 0.98, 1e-8  # make_optimizer("adamw") in tasks/training.py
@@ -430,9 +441,12 @@ class CurveBank:
 
     def curve(self, i: int) -> dict[str, np.ndarray]:
         """Model ``i``'s curve keyed as a live trial reports it (``step``, ``val_acc``,
-        ``grok/zero_loss_share``, ...), so a scheduler can be replayed on it."""
+        ``grok/zero_loss_share``, ...), so a scheduler can be replayed on it. Metrics the bank
+        lacks (all NaN) are left out, as a trainable that does not report them would."""
         return {"step": self.steps} | {
-            CONTRACT_NAMES[name]: values[i] for name, values in self.metrics.items()
+            CONTRACT_NAMES[name]: values[i]
+            for name, values in self.metrics.items()
+            if not np.isnan(values[i]).all()  # a metric the bank does not have is not reported
         }
 
     def grok_step(self, i: int, threshold: float = 0.95) -> int | None:
@@ -442,12 +456,40 @@ class CurveBank:
 
     @classmethod
     def load(cls, path: str | Path) -> CurveBank:
+        """A bank written by ``generate_bank``, or one in the GPU-bank layout of
+        ``shared/banks/`` (``steps``, ``metrics`` [models, records, 7], ``op``/``frac``/...)."""
         with np.load(path, allow_pickle=False) as data:
+            if "metrics" in data.files:
+                return cls._from_gpu_layout(data)
             return cls(
                 steps=data["step"],
                 metrics={name: data[f"metric/{name}"] for name in METRICS},
                 grid={column: data[f"grid/{column}"] for column in GRID_COLUMNS},
             )
+
+    @classmethod
+    def _from_gpu_layout(cls, data: Any) -> CurveBank:
+        """The shared GPU bank: its seven metric columns (no zero-loss share: NaN, read as not
+        reported) and its grid, with the fixed sizes its README states (p 59, embed 128,
+        hidden 256, init scale 1)."""
+        values = data["metrics"].astype(np.float32)
+        columns = GPU_LAYOUT_METRICS
+        metrics = {name: values[..., columns.index(name)] for name in columns}
+        metrics["zero_loss_share"] = np.full(values.shape[:2], np.nan, dtype=np.float32)
+        n = values.shape[0]
+        op_names = {"sq": "x2y2", "cube": "x3xy"}
+        grid = {
+            "op": np.array([op_names.get(str(op), str(op)) for op in data["op"]]),
+            "p": np.full(n, int(data["p"]) if "p" in data.files else 59),
+            "train_fraction": data["frac"].astype(np.float64),
+            "weight_decay": data["wd"].astype(np.float64),
+            "lr": data["lr"].astype(np.float64),
+            "init_scale": np.ones(n),
+            "seed": data["seed"].astype(np.int64),
+            "embed_dim": np.full(n, 128),
+            "hidden_dim": np.full(n, 256),
+        }
+        return cls(steps=data["steps"], metrics=metrics, grid=grid)
 
 
 def bank_main(argv: list[str] | None = None) -> int:
