@@ -40,14 +40,18 @@ def replay_trainable(config: dict[str, Any]) -> None:
     """Report one recorded curve one point at a time: row ``config["index"]`` of the bank file
     ``config["bank"]``, or curve ``config["curve"]`` of the JSON file ``config["curve_file"]``.
 
-    ``delay_s`` sleeps between reports (to give a test time to act), and a checkpoint holding the
-    position is reported every ``checkpoint_every`` points (0: never) so a restored or paused
-    trial resumes there.
+    ``every`` > 1 reports only every k-th recorded point (the first one after k records, as a
+    trainable that reports every k evaluations would). ``delay_s`` sleeps between reports (to
+    give a test time to act), and a checkpoint holding the position is reported every
+    ``checkpoint_every`` points (0: never) so a restored or paused trial resumes there.
     """
     if "bank" in config:
         curve = bank_curve(str(config["bank"]), int(config["index"]))
     else:
         curve = load_curves(str(config["curve_file"]))[config["curve"]]
+    every = int(config.get("every", 1))
+    if every > 1:  # sparse reporting: every k-th recorded point, the first one k records in
+        curve = {name: values[every - 1 :: every] for name, values in curve.items()}
     delay_s = float(config.get("delay_s", 0.0))
     checkpoint_every = int(config.get("checkpoint_every", 5))
     position = 0
