@@ -230,10 +230,17 @@ def run_groups(
     offline: bool,
     concurrent: int,
     storage: Path,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Every (report interval, group, scheduler) replay of one bank, scored."""
+    """Every (report interval, group, scheduler) replay of one bank, scored; ``only`` keeps
+    the groups named there (``op=add``)."""
     bank = CurveBank.load(bank_path)
     groups = groups_of(bank, columns)
+    if only:
+        unknown = sorted(set(only) - {g.name for g in groups})
+        if unknown:
+            raise ValueError(f"no groups {unknown}; the bank has {[g.name for g in groups]}")
+        groups = [g for g in groups if g.name in only]
     for group in groups:  # every fold predictor is there before any compute is spent
         fold_predictor(fold_predictors, group, predictor)
     rows_out = []
@@ -383,6 +390,7 @@ def groups_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grokschedule bench groups", description=__doc__)
     parser.add_argument("--bank", type=Path, required=True, help="curve bank .npz")
     parser.add_argument("--group-by", nargs="+", default=["op"], help="grouping columns")
+    parser.add_argument("--only", nargs="*", default=[], help="replay only these groups")
     parser.add_argument("--every", type=int, nargs="+", default=[1], help="report intervals")
     parser.add_argument("--schedulers", nargs="+", choices=SCHEDULERS, default=list(SCHEDULERS))
     parser.add_argument("--threshold", type=float, default=0.95)
@@ -415,6 +423,7 @@ def groups_main(argv: list[str] | None = None) -> int:
             args.offline,
             args.max_concurrent,
             args.storage,
+            args.only,
         )
     except ValueError as error:
         parser.error(str(error))
