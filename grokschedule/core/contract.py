@@ -30,6 +30,13 @@ ROLLBACKS = "control/rollbacks"
 KICKS_ACTIVE = "control/kicks_active"
 CONTROL_WEIGHT_DECAY = "control/weight_decay"  # the weight decay in force (kicks skip decay at 0)
 
+# Signals the phase detector adds to every decision (the scheduler logs them as
+# ``scheduler/<name>``): the train-loss spikes after memorization that came back down, Adam's
+# "slingshots" (Thilak et al. 2022), a sign for grokking rather than against it.
+SLINGSHOTS = "slingshots"  # how many so far
+SLINGSHOT_HEIGHT = "slingshot_height"  # log10(peak / running minimum) of the latest one
+LAST_SLINGSHOT_STEP = "last_slingshot_step"  # the step of the latest one's peak
+
 
 @dataclass(frozen=True)
 class MetricNames:

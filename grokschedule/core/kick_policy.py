@@ -9,6 +9,10 @@ the order of ``KickConfig.kicks`` (list the one you trust most first): the usual
 bandit, which with no data to sample from would otherwise pick at random. A kick that makes
 training worse than before by ``rollback_margin`` and does not recover within
 ``rollback_window`` steps — or that diverges — is rolled back and marked harmful for that trial.
+A train loss on its way back down (fallen to 1/``rollback_recovery`` of its worst since the
+window began) starts the window again: a kick can set off an Adam slingshot, a spike of the
+loss that is back within a few hundred steps and is no harm, while a loss back at chance, or a
+worse fit that stays, does not come down and is rolled back when the window ends.
 
 The trainer acknowledges commands in its metrics (``control/acked_id``,
 ``control/applied_step``), so the policy knows the step each kick took effect. The same
@@ -48,6 +52,7 @@ class KickConfig:
     cooldown: float = 300
     rollback_margin: float = 0.1
     rollback_window: float = 200
+    rollback_recovery: float = 2.0
     seed: int = 0
     max_weight_decay: float | None = None  # no weight-decay kick beyond it (None: no limit)
 
@@ -66,6 +71,8 @@ class KickConfig:
         for name in ("cooldown", "rollback_margin", "rollback_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.rollback_recovery > 1:
+            raise ValueError(f"rollback_recovery must be > 1, got {self.rollback_recovery}")
 
     @classmethod
     def from_user(cls, value: bool | Sequence[str] | Mapping[str, Any] | None) -> KickConfig | None:
@@ -120,7 +127,8 @@ class TrialKicks:
     harmful: set[str] = field(default_factory=set)
     rollbacks: int = 0
     rollback_pending: int | None = None
-    worse_since: float | None = None
+    worse_since: float | None = None  # the step the window for a recovery began
+    worse_peak: float = math.nan  # the highest train loss since then
     last_kick_step: float | None = None
     weight_decay: float | None = None  # the trial's current value, when known
     unavailable: set[str] = field(default_factory=set)  # kinds its trainable cannot carry out
@@ -232,8 +240,9 @@ class KickPolicy:
         if not worse:
             t.worse_since = None
             return ""
-        if t.worse_since is None:
-            t.worse_since = step
+        if t.worse_since is None or loss <= t.worse_peak / self.config.rollback_recovery:
+            t.worse_since, t.worse_peak = step, loss  # a new setback, or one coming back down
+        t.worse_peak = max(t.worse_peak, loss)
         if step - t.worse_since < self.config.rollback_window:
             return ""
         return (

@@ -5,6 +5,11 @@
 
 The tracker only *describes* a curve; the policy decides what to do about it. Each phase change
 is kept with the signal values that caused it, so every later decision can be explained.
+
+Divergence is a non-finite value, or a train loss back at chance that stays there
+(``_ChanceWatch``). A spike of the train loss after memorization that comes back down is not
+divergence but an Adam "slingshot" (Thilak et al. 2022), which many grokkers go through first:
+it is counted in the signals (``_Slingshots``) and never stops a run.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from grokschedule.core.contract import VAL_CORRECT_PROB, ZERO_LOSS_SHARE, Observation
+from grokschedule.core.contract import (
+    LAST_SLINGSHOT_STEP,
+    SLINGSHOT_HEIGHT,
+    SLINGSHOTS,
+    VAL_CORRECT_PROB,
+    ZERO_LOSS_SHARE,
+    Observation,
+)
 from grokschedule.core.signals import FLAT, MetricWindow, Trend, log_trend, robust_trend
 
 
@@ -34,7 +46,15 @@ class Phase(str, Enum):
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    """How the tracker reads a curve. ``mode`` orients the target metric."""
+    """How the tracker reads a curve. ``mode`` orients the target metric.
+
+    ``chance_loss`` is the train loss of a model that has learned nothing, ``ln(num_classes)``
+    for cross-entropy (unset: the trial's first train loss when that result came before
+    memorization); a train loss back above it for ``diverge_results`` results in a row, and
+    not coming down, is a divergence. A spike after memorization above ``slingshot_factor`` ×
+    the running minimum of the train loss (read as at least ``slingshot_floor``: below it,
+    losses differ by float noise) that comes back under that mark is a slingshot.
+    """
 
     grok_threshold: float
     mode: str = "max"
@@ -47,6 +67,151 @@ class PhaseConfig:
     min_norm_change: float = 0.03
     min_prob_change: float = 0.02  # absolute: a rise from 1e-5 to 2e-5 means nothing
     collapse_share: float = 0.5
+    diverge_results: int = 5  # sparse reports of the GPU bank's slingshots: ≤ 3 above ln 59
+    chance_loss: float | None = None
+    slingshot_factor: float = 10.0
+    slingshot_floor: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.diverge_results, int) or self.diverge_results < 1:
+            raise ValueError(f"diverge_results must be an int >= 1, got {self.diverge_results!r}")
+        chance = self.chance_loss
+        if chance is not None and not (_is_number(chance) and math.isfinite(chance) and chance > 0):
+            raise ValueError(f"chance_loss must be a positive number or None, got {chance!r}")
+        if not (_is_number(self.slingshot_factor) and self.slingshot_factor > 1):
+            raise ValueError(f"slingshot_factor must be > 1, got {self.slingshot_factor!r}")
+        if not (_is_number(self.slingshot_floor) and self.slingshot_floor > 0):
+            raise ValueError(f"slingshot_floor must be > 0, got {self.slingshot_floor!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# With no chance level (the first report already came after memorization, no ``chance_loss``),
+# a loss is read as back at chance only above ln 2, the chance loss of the smallest
+# classification task and so at or below every task's, and only for BLIND_FACTOR × as many
+# results in a row: a blow-up sits there for good, while in the 750-curve GPU bank no slingshot
+# keeps the loss above ln 2 for more than 5 results at any report interval from 100 to 2000.
+BLIND_CHANCE_LOSS = math.log(2)
+BLIND_FACTOR = 3
+LEARNED = 0.5  # a loss under this share of the chance level has learned: it can climb back
+STILL_FALLING = 0.9  # a loss under this share of its streak's low is still coming down
+
+
+class _ChanceWatch:
+    """Divergence of a finite train loss: back above the chance level, and staying there.
+
+    The chance level is ``chance_loss`` when configured, else the trial's first train loss if
+    that result came before memorization. A first result after memorization (reports every 500
+    steps, a trial resumed from a checkpoint) carries no chance level: its loss (~1e-4) as a
+    reference read every Adam slingshot as a blow-up, so then ``BLIND_CHANCE_LOSS`` and a
+    longer streak stand in. "Staying" means not coming down: a result that sets a new low of
+    the streak (by more than 10 %) starts the count again, so a spike on its way back down,
+    however finely reported, never completes one. A few numbers per trial.
+    """
+
+    def __init__(self, config: PhaseConfig) -> None:
+        self.level = config.chance_loss
+        self.source = "chance_loss"
+        self.needed = config.diverge_results
+        self._blind_needed = BLIND_FACTOR * config.diverge_results
+        self._learned = False  # the loss has been well under the level: it can climb back
+        self._streak = 0
+        self._streak_low = math.inf
+
+    def update(self, loss: float, memorized: bool) -> str:
+        """Why ``loss`` makes the run diverged, or ``""``."""
+        level = self._calibrated(loss, memorized)
+        if loss <= level:
+            self._learned = self._learned or loss <= LEARNED * level
+            self.restart()
+            return ""
+        if not self._learned:
+            return ""  # still coming down from its initialization
+        if loss < STILL_FALLING * self._streak_low:
+            self._streak = 1
+        else:
+            self._streak += 1
+        self._streak_low = min(self._streak_low, loss)
+        if self._streak < self.needed:
+            return ""
+        return (
+            f"train_loss {loss:.3g} stayed above {self.source} {level:.3g} for "
+            f"{self._streak} results without coming down"
+        )
+
+    def restart(self) -> None:
+        self._streak, self._streak_low = 0, math.inf
+
+    def _calibrated(self, loss: float, memorized: bool) -> float:
+        if self.level is None:
+            if memorized:
+                self.level, self.needed = BLIND_CHANCE_LOSS, self._blind_needed
+                self.source = "ln 2 (no chance level: the first report came after memorization)"
+            else:
+                self.level, self.source = loss, "the chance level (its first train_loss)"
+        return self.level
+
+
+class _Slingshots:
+    """Train-loss spikes after memorization that come back: Adam's slingshots.
+
+    From the first memorized result on, a spike begins when the loss exceeds ``factor`` × its
+    running minimum (read as at least ``floor``; spikes are left out of the minimum) and counts
+    once the loss is back under that mark. Its height is log10(peak / minimum). A spike still
+    open is not counted: it may be a blow-up. A few numbers per trial.
+    """
+
+    def __init__(self, factor: float, floor: float) -> None:
+        self.factor = factor
+        self.floor = floor
+        self.count = 0
+        self.height = 0.0
+        self.last_step = 0.0  # the step of the latest one's peak
+        self._low = math.inf  # running minimum since memorization
+        self._reference: float | None = None  # the minimum when the open spike began
+        self._peak = 0.0
+        self._peak_step = 0.0
+
+    @property
+    def watching(self) -> bool:
+        return self._low < math.inf
+
+    def update(self, step: float, loss: float, memorized: bool) -> None:
+        if not (self.watching or memorized):
+            return
+        reference = self._reference
+        if reference is None:
+            reference = max(self._low, self.floor)
+            if loss > self.factor * reference:  # never while _low is inf: nothing to spike from
+                self._reference, self._peak, self._peak_step = reference, loss, step
+            else:
+                self._low = min(self._low, loss)
+            return
+        if loss > self._peak:
+            self._peak, self._peak_step = loss, step
+        if loss <= self.factor * reference:
+            self.count += 1
+            self.height = math.log10(self._peak / reference)
+            self.last_step = self._peak_step
+            self._reference = None
+            self._low = min(self._low, loss)
+
+    def drop(self) -> None:
+        """Forget an open spike (the weights it came from were rolled back)."""
+        self._reference = None
+
+    def signals(self) -> dict[str, float]:
+        if not self.watching:
+            return {}
+        if not self.count:
+            return {SLINGSHOTS: 0.0}
+        return {
+            SLINGSHOTS: float(self.count),
+            SLINGSHOT_HEIGHT: self.height,
+            LAST_SLINGSHOT_STEP: self.last_step,
+        }
 
 
 @dataclass(frozen=True)
@@ -73,8 +238,8 @@ class PhaseDetector:
         self.last_evidence_step: float | None = None
         self.signals: dict[str, float] = {}
         self.fired: tuple[str, ...] = ()
-        self._first_train_loss: float | None = None
-        self._best_train_loss = math.inf
+        self._chance = _ChanceWatch(config)
+        self._slingshots = _Slingshots(config.slingshot_factor, config.slingshot_floor)
         self._windows: dict[str, MetricWindow] = {}
 
     # -- reading the stream ---------------------------------------------------------------
@@ -117,7 +282,8 @@ class PhaseDetector:
 
     def resume_plateau(self, reason: str) -> None:
         """Leave DIVERGED after a rollback restored the pre-kick weights."""
-        self._best_train_loss = math.inf
+        self._chance.restart()
+        self._slingshots.drop()
         self._move(Phase.PLATEAU, reason)
 
     # -- derived quantities ---------------------------------------------------------------
@@ -158,15 +324,9 @@ class PhaseDetector:
         for name, value in (("train_loss", obs.train_loss), ("target", obs.target)):
             if value is not None and not math.isfinite(value):
                 return f"{name} is {value}"
-        loss = obs.train_loss
-        if loss is None:
+        if obs.train_loss is None:
             return ""
-        if self._first_train_loss is None:
-            self._first_train_loss = loss
-        self._best_train_loss = min(self._best_train_loss, loss)
-        if loss > 10 * self._first_train_loss and loss > 10 * self._best_train_loss + 1e-6:
-            return f"train_loss {loss:.3g} is >10× its start {self._first_train_loss:.3g}"
-        return ""
+        return self._chance.update(obs.train_loss, self._memorized(obs))
 
     def _record(self, obs: Observation) -> None:
         streams = {
@@ -183,6 +343,9 @@ class PhaseDetector:
         share = obs.extras.get(ZERO_LOSS_SHARE)
         if share is not None:
             self.signals["zero_loss_share"] = float(share)
+        if obs.train_loss is not None:
+            self._slingshots.update(obs.step, obs.train_loss, self._memorized(obs))
+            self.signals.update(self._slingshots.signals())
 
     def _trend(self, name: str, log: bool) -> Trend:
         window = self._windows.get(name)
