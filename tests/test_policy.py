@@ -334,4 +334,4 @@ def test_trials_are_added_listed_and_forgotten() -> None:
 
 def test_policy_config_is_keyword_only() -> None:
     with pytest.raises(TypeError):
-        PolicyConfig("val_acc", "max")  # type: ignore[misc]
+        PolicyConfig("val_acc", "max")

@@ -40,6 +40,6 @@ def test_required_metrics_follow_the_configured_names() -> None:
 
 def test_everything_after_mode_is_keyword_only() -> None:
     with pytest.raises(TypeError):
-        GrokScheduler("val_acc", "max", "step")  # type: ignore[misc]
+        GrokScheduler("val_acc", "max", "step")
     scheduler = GrokScheduler("val_acc", "max", time_attr="step", max_t=20_000, grok_threshold=0.95)
     assert scheduler.policy is not None and scheduler.policy.config.grok_threshold == 0.95

@@ -235,7 +235,7 @@ class GrokScheduler(FIFOScheduler):
         ]
         return SweepSummary(outcomes, max_t=policy.config.max_t, metric=self._metric or "")
 
-    # -- state: Tuner.restore does not call save/restore, GrokStateCallback carries it ------------
+    # -- state: Tuner.restore does not call save/restore, GrokCallback carries it ---------------
     def get_state(self) -> dict[str, Any]:
         return {
             "metric": self._metric,

@@ -36,6 +36,10 @@ and 6 also read P(grok) and its ETA, computed from a bounded per-trial history:
 
 ``Decision.signals`` then carries ``p_grok`` and ``eta_steps``, ``Decision.score`` is P(grok),
 and the reasons quote them with the features that weighed most.
+
+Each trial's detector, predictor history, prediction and decision log live in one
+``TrialState``. Adapters read them (``last_decision``, ``decision_log``, ``trial``) and record
+how they carried out a command with ``note``; they never write the state themselves.
 """
 
 from __future__ import annotations
