@@ -1,3 +1,6 @@
+"""GrokPolicy on recorded and synthetic curves: each rule, its cause and reason, the predictor's
+wiring, the per-trial state and the validation of PolicyConfig."""
+
 import pytest
 from conftest import observations
 

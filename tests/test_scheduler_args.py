@@ -1,3 +1,5 @@
+"""GrokScheduler's arguments: validated before any trial runs, keyword-only after mode."""
+
 import pytest
 
 from tune_plugins import GrokScheduler

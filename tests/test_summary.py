@@ -1,3 +1,5 @@
+"""The end-of-sweep summary and each trial's verdict, from the policy's decision logs."""
+
 from conftest import observations
 
 from grokschedule.core.decision import DecisionKind
