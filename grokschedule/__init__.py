@@ -7,11 +7,13 @@ below are the core's public API; ``tune_plugins`` is the import path of the Tune
 """
 
 from grokschedule.core.contract import Observation
+from grokschedule.core.decision import Cause, Decision, DecisionKind
 from grokschedule.core.phases import Phase, PhaseConfig, PhaseDetector
-from grokschedule.core.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig, TrialState
 from grokschedule.core.predictor import GrokPredictor, Prediction
 
 __all__ = [
+    "Cause",
     "Decision",
     "DecisionKind",
     "GrokPolicy",
@@ -22,5 +24,6 @@ __all__ = [
     "PhaseDetector",
     "PolicyConfig",
     "Prediction",
+    "TrialState",
 ]
 __version__ = "0.1.0"

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from grokschedule.core.contract import Observation
+from grokschedule.core.decision import DecisionKind
 from grokschedule.core.kick_policy import KickConfig
-from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig
 from grokschedule.tracking.logger import SweepLogger
 
 DATA = Path(__file__).parent / "data"
@@ -132,9 +133,9 @@ def log_recorded_sweep(
             )
             decision = policy.observe(name, observation)
             values["scheduler/score"] = decision.score
-            logger.log_result(name, step, values, decision.to_dict())
+            logger.log_result(name, step, values, decision)
             counts[name] = i + 1
             if decision.kind is DecisionKind.STOP:
                 break
-        logger.end_trial(name, name, [d.to_dict() for d in policy.log[name]])
+        logger.end_trial(name, name, policy.decision_log(name))
     return counts

@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grokschedule.core.contract import Observation
+from grokschedule.core.decision import DecisionKind
 from grokschedule.core.kick_policy import KickConfig
 from grokschedule.core.phases import Phase
-from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig
 
 anything = st.floats(allow_nan=True, allow_infinity=True, width=64)
 maybe = st.one_of(st.none(), anything)
@@ -49,4 +50,4 @@ def test_huge_finite_values_never_count_as_grokked_unless_the_target_is_met(valu
     policy = GrokPolicy(PolicyConfig(max_t=1e9))
     for step, value in enumerate(values):
         policy.observe("h", Observation(step=step, target=0.0, train_loss=value, val_loss=value))
-    assert policy.trackers["h"].phase is not Phase.GROKKED
+    assert policy.trial("h").detector.phase is not Phase.GROKKED

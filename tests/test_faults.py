@@ -172,13 +172,13 @@ class _KillWorker(tune.Callback):
         if trial.config["corrupt"]:
             data = state_file.read_bytes()
             state_file.write_bytes(data[: len(data) // 2])
-        tracker = self.scheduler.policy.trackers[trial_id]
+        detector = self.scheduler.policy.trial(trial_id).detector
         self.killed[trial_id] = {
             "at": len(self.steps[trial_id]),
             "step": int(result["step"]),
             "checkpoint_step": saved_step,
-            "changes": list(tracker.changes),
-            "memorized_step": tracker.memorized_step,
+            "changes": list(detector.changes),
+            "memorized_step": detector.memorized_step,
             "log": self.scheduler.decision_log(trial_id),
         }
         os.kill(int(result["pid"]), signal.SIGKILL)
@@ -224,9 +224,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_the_scheduler_keeps_its
         assert resumed == expected and 0 < resumed <= killed["step"], (steps, killed)
         assert result.metrics["step"] == 500 and max(steps) == 500
         # One continuous history: everything known at the kill is still the start of it.
-        tracker = scheduler.policy.trackers[trial_id]
-        assert tracker.memorized_step == killed["memorized_step"] is not None
-        assert tracker.changes[: len(killed["changes"])] == killed["changes"]
+        detector = scheduler.policy.trial(trial_id).detector
+        assert detector.memorized_step == killed["memorized_step"] is not None
+        assert detector.changes[: len(killed["changes"])] == killed["changes"]
         log = scheduler.decision_log(trial_id)
         assert log[: len(killed["log"])] == killed["log"]
         assert [d.step for d in log] == sorted(d.step for d in log)
@@ -336,7 +336,7 @@ def test_a_trainable_that_crashes_at_once_errors_alone_and_is_named(
     summary = scheduler.summary()
     assert len(summary.trials) == 3
     (errored,) = [t for t in summary.trials if t.error is not None]
-    assert errored.verdict.startswith("error: ") and "error.txt" in errored.verdict
+    assert errored.last.startswith("error: ") and "error.txt" in errored.last
     assert errored.trial_id in summary.render()
 
 

@@ -11,8 +11,8 @@ import pytest
 from ray import tune
 
 from grokschedule.adapters.trainables.modular import modular_trainable
+from grokschedule.core.decision import DecisionKind
 from grokschedule.core.kicks import LR_MULTIPLY, Kick
-from grokschedule.core.policy import DecisionKind
 from tune_plugins import GrokScheduler
 
 CONFIG = {
@@ -51,13 +51,13 @@ def test_a_harmful_kick_is_applied_live_then_rolled_back(local_ray, tmp_path: Pa
     (result,) = tuner.fit()
     assert result.error is None
     rows = result.metrics_dataframe.sort_values("step").to_dict("records")
-    (trial_id,) = scheduler.policy.trackers
+    (trial_id,) = scheduler.policy.trial_ids()
     log = scheduler.decision_log(trial_id)
     kinds = [d.kind for d in log]
     assert DecisionKind.KICK in kinds and DecisionKind.ROLLBACK in kinds
     kick = next(d for d in log if d.kind is DecisionKind.KICK)
     rollback = next(d for d in log if d.kind is DecisionKind.ROLLBACK)
-    assert kick.command["id"] == 0 and rollback.command["id"] == 1
+    assert kick.command.id == 0 and rollback.command.id == 1
     assert "patience" in kick.reason and rollback.reason.startswith("rollback: lr_multiply kick")
 
     # The trainer acknowledged both, at the first poll after the report that decided each (the

@@ -5,11 +5,13 @@ import math
 import pytest
 from conftest import observations
 
+from grokschedule.core.commands import ROLLBACK, Command
 from grokschedule.core.contract import Observation
+from grokschedule.core.decision import DecisionKind
 from grokschedule.core.kick_policy import KickConfig
 from grokschedule.core.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
 from grokschedule.core.phases import Phase
-from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig
 
 
 def _policy(predictor: bool = False, **kick_options) -> GrokPolicy:
@@ -35,7 +37,7 @@ def _kicks(policy: GrokPolicy, curve: dict) -> list:
         decision = policy.observe("m", obs)
         decisions.append(decision)
         if decision.kind is DecisionKind.KICK:
-            acked = (decision.command["id"], decision.step + 1)
+            acked = (decision.command.id, decision.step + 1)
         if decision.kind is DecisionKind.STOP:
             break
     return decisions
@@ -48,8 +50,10 @@ def test_a_run_not_predicted_to_grok_in_budget_is_kicked_at_twice_its_memorizati
     kicks = [
         d for d in _kicks(policy, recorded_curves["memorizer_p47_wd0"]) if d.kind.name == "KICK"
     ]
-    memorized = policy.trackers["m"].memorized_step
-    assert kicks and 2 * memorized <= kicks[0].step < 0.5 * policy.patience(policy.trackers["m"])
+    memorized = policy.trial("m").detector.memorized_step
+    assert kicks and 2 * memorized <= kicks[0].step < 0.5 * policy.patience(
+        policy.trial("m").detector
+    )
     assert "not predicted to grok by max_t 3000: P(grok)" in kicks[0].reason
     assert kicks[0].signals["p_grok"] < 0.5
 
@@ -58,10 +62,10 @@ def test_a_quiet_plateau_is_kicked_before_it_would_be_stopped(recorded_curves) -
     policy = _policy()
     decisions = _kicks(policy, recorded_curves["memorizer_p47_wd0"])
     kicks = [d for d in decisions if d.kind is DecisionKind.KICK]
-    assert [k.command["id"] for k in kicks] == [0, 1]
-    assert {k.command["kick"]["kind"] for k in kicks} == {GROKFAST, LR_MULTIPLY}  # no repeats
+    assert [k.command.id for k in kicks] == [0, 1]
+    assert {k.command.kick.kind for k in kicks} == {GROKFAST, LR_MULTIPLY}  # no repeats
     assert kicks[0].reason.startswith("kick ") and "patience" in kicks[0].reason
-    patience = policy.patience(policy.trackers["m"])
+    patience = policy.patience(policy.trial("m").detector)
     assert kicks[0].step - 150 >= 0.5 * patience  # quiet for kick_at × patience first
     assert kicks[1].step - kicks[0].step >= 300  # cooldown, counted from the applied step
     final = decisions[-1]
@@ -90,38 +94,38 @@ def _plateau(policy: GrokPolicy, trial: str, until: int) -> None:
 def test_a_kick_that_hurts_training_is_rolled_back_and_not_retried() -> None:
     policy = _policy(rollback_window=100)
     _plateau(policy, "h", 1000)
-    log = policy.log["h"]
+    log = policy.decision_log("h")
     kick = next(d for d in log if d.kind is DecisionKind.KICK)
-    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    ack = {"control/acked_id": kick.command.id, "control/applied_step": kick.step}
     worse = dict(target=0.0, train_loss=0.09, train_acc=0.3, val_loss=5.0, control=ack)
     first = policy.observe("h", Observation(step=kick.step + 50, **worse))
     assert first.kind is DecisionKind.CONTINUE  # not yet: give it rollback_window to recover
     decision = policy.observe("h", Observation(step=kick.step + 150, **worse))
     assert decision.kind is DecisionKind.ROLLBACK
-    assert decision.command == {"id": kick.command["id"] + 1, "type": "rollback"}
+    assert decision.command == Command(kick.command.id + 1, ROLLBACK)
     assert "train_acc 1.000→0.300" in decision.reason
     state = policy.kicks.trial("h")
-    assert state.harmful == {kick.command["kick"]["kind"]} and state.rollbacks == 1
+    assert state.harmful == {kick.command.kick.kind} and state.rollbacks == 1
 
 
 def test_a_kick_that_diverges_is_rolled_back_and_the_trial_lives_on() -> None:
     policy = _policy()
     _plateau(policy, "d", 1000)
-    kick = next(d for d in policy.log["d"] if d.kind is DecisionKind.KICK)
-    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    kick = next(d for d in policy.decision_log("d") if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command.id, "control/applied_step": kick.step}
     decision = policy.observe(
         "d", Observation(step=kick.step + 50, target=0.0, train_loss=math.nan, control=ack)
     )
     assert decision.kind is DecisionKind.ROLLBACK
     assert "diverged" in decision.reason
-    assert policy.trackers["d"].phase is Phase.PLATEAU
+    assert policy.trial("d").detector.phase is Phase.PLATEAU
 
 
 def test_evidence_after_a_kick_credits_its_kind() -> None:
     policy = _policy()
     _plateau(policy, "c", 1000)
-    kick = next(d for d in policy.log["c"] if d.kind is DecisionKind.KICK)
-    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    kick = next(d for d in policy.decision_log("c") if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command.id, "control/applied_step": kick.step}
     for i, val_loss in enumerate([5.0, 4.0, 3.0, 2.0, 1.5]):
         policy.observe(
             "c",
@@ -134,7 +138,7 @@ def test_evidence_after_a_kick_credits_its_kind() -> None:
                 control=ack,
             ),
         )
-    assert policy.kicks.stats[kick.command["kick"]["kind"]].helped == 1
+    assert policy.kicks.stats[kick.command.kick.kind].helped == 1
 
 
 @pytest.mark.parametrize(
@@ -168,8 +172,8 @@ def _kinds_chosen(policy: GrokPolicy, trial: str, control: dict[str, float]) -> 
         )
         decision = policy.observe(trial, obs)
         if decision.kind is DecisionKind.KICK:
-            kinds.append(decision.command["kick"]["kind"])
-            control = {**control, "control/acked_id": decision.command["id"]}
+            kinds.append(decision.command.kick.kind)
+            control = {**control, "control/acked_id": decision.command.id}
             control["control/applied_step"] = step
     return kinds
 
@@ -198,24 +202,24 @@ def test_no_weight_decay_kick_at_zero_or_past_the_cap_and_untried_kinds_go_in_or
 def test_a_kick_its_trainable_cannot_carry_out_is_not_counted_nor_chosen_again() -> None:
     policy = _policy(max_kicks=1)
     _plateau(policy, "n", 1000)
-    kick = next(d for d in policy.log["n"] if d.kind is DecisionKind.KICK)
-    skipped = policy.kicks.not_applied("n", kick.command["id"])
-    assert skipped.kind == kick.command["kick"]["kind"]
+    kick = next(d for d in policy.decision_log("n") if d.kind is DecisionKind.KICK)
+    skipped = policy.kicks.not_applied("n", kick.command.id)
+    assert skipped.kind == kick.command.kick.kind
     state = policy.kicks.trial("n")
     assert state.used == 0 and not state.pending and state.unavailable == {skipped.kind}
     assert all(s.helped == s.failed == 0 for s in policy.kicks.stats.values())
     nxt = policy.observe(
         "n", Observation(step=1050, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0)
     )
-    assert nxt.kind is DecisionKind.KICK and nxt.command["kick"]["kind"] != skipped.kind
-    assert nxt.command["id"] == kick.command["id"] + 1  # ids still grow
+    assert nxt.kind is DecisionKind.KICK and nxt.command.kick.kind != skipped.kind
+    assert nxt.command.id == kick.command.id + 1  # ids still grow
 
 
 def test_a_kick_credited_as_helping_is_still_rolled_back_if_it_diverges_later() -> None:
     policy = _policy()
     _plateau(policy, "late", 1000)
-    kick = next(d for d in policy.log["late"] if d.kind is DecisionKind.KICK)
-    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    kick = next(d for d in policy.decision_log("late") if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command.id, "control/applied_step": kick.step}
     step = kick.step
     for val_loss in [5.0, 4.0, 3.0, 2.0, 1.5]:
         step += 50
@@ -223,7 +227,7 @@ def test_a_kick_credited_as_helping_is_still_rolled_back_if_it_diverges_later() 
             step=step, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=val_loss, control=ack
         )
         policy.observe("late", obs)
-    assert policy.kicks.stats[kick.command["kick"]["kind"]].helped == 1
+    assert policy.kicks.stats[kick.command.kick.kind].helped == 1
     blown = Observation(step=step + 50, target=0.0, train_loss=math.inf, control=ack)
     decision = policy.observe("late", blown)
     assert decision.kind is DecisionKind.ROLLBACK and "diverged" in decision.reason

@@ -1,9 +1,13 @@
+"""GrokPolicy on recorded and synthetic curves: each rule, its cause and reason, the predictor's
+wiring, the per-trial state and the validation of PolicyConfig."""
+
 import pytest
 from conftest import observations
 
 from grokschedule.core.contract import Observation
+from grokschedule.core.decision import Cause, DecisionKind
 from grokschedule.core.phases import Phase
-from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig
 
 
 def _replay(policy: GrokPolicy, trial_id: str, curve) -> list:
@@ -38,7 +42,7 @@ def test_memorizer_is_stopped_as_never_grok_with_its_evidence(
     assert final.reason.startswith("never-grok: ")
     assert final.step < 2000  # well before max_t: that is the compute saved
     assert "val_loss_change" in final.signals  # the numbers behind the reason travel with it
-    assert [d.phase for d in policy.log["m"]][-1] is Phase.STALLED
+    assert [d.phase for d in policy.decision_log("m")][-1] is Phase.STALLED
     if predictor:
         assert 0.0 <= final.signals["p_grok"] < 0.5
         assert "P(grok)" in final.reason
@@ -104,15 +108,15 @@ def test_policy_history_is_bounded_and_pickles_small(recorded_curves) -> None:
         policy.observe("t", obs)
         if n in (400, 4000):
             sizes.append(len(pickle.dumps(policy)))
-    assert len(policy.histories["t"].rows) <= policy.predictor.capacity
+    assert len(policy.trial("t").history.rows) <= policy.predictor.capacity
     assert abs(sizes[1] - sizes[0]) < 1500, sizes
 
 
 def test_patience_is_relative_to_memorization_time() -> None:
     policy = GrokPolicy(PolicyConfig(max_t=10_000, min_patience=0, patience_factor=3))
-    tracker = policy.tracker("t")
-    tracker.memorized_step = 400
-    assert policy.patience(tracker) == 1200
+    detector = policy.add("t").detector
+    detector.memorized_step = 400
+    assert policy.patience(detector) == 1200
 
 
 def test_run_transitioning_at_max_t_is_extended_then_stopped_at_the_cap(recorded_curves) -> None:
@@ -246,3 +250,91 @@ def test_middling_p_grok_leaves_the_patience_rule_in_charge() -> None:
     stop = next(d for d in decisions if d.kind is DecisionKind.STOP)
     assert stop.step == 1200 and stop.reason.startswith("never-grok: no transition evidence")
     assert "P(grok) 0.30" in stop.reason
+
+
+def _all_decisions(policy: GrokPolicy, trial_id: str, stream) -> list:
+    return [policy.observe(trial_id, obs) for obs in stream]
+
+
+def test_every_decision_names_its_cause_and_old_records_read_it_off_the_reason(
+    recorded_curves,
+) -> None:
+    from grokschedule.core.kick_policy import KickConfig
+
+    decisions = []
+    for config in (
+        {},
+        {"predictor": False},
+        {"interventions": KickConfig(max_kicks=2, cooldown=0)},
+        {"stop_on_grok": False, "max_extension": 100},
+    ):
+        for name, curve in recorded_curves.items():
+            policy = GrokPolicy(PolicyConfig(max_t=3000, **config))
+            decisions += _all_decisions(policy, name, observations(curve))
+    kept = _plateau_policy(0.9, 300.0, max_t=2000, min_patience=0, patience_factor=2)
+    decisions += _all_decisions(kept, "t", (_flat(step) for step in range(100, 3100, 100)))
+    diverged = GrokPolicy(PolicyConfig(max_t=100))
+    decisions += [
+        diverged.observe("d", Observation(step=1, target=0.0, train_loss=1.0)),
+        diverged.observe("d", Observation(step=2, target=0.0, train_loss=float("inf"))),
+    ]
+    kicked = GrokPolicy(PolicyConfig(max_t=3000, predictor=False, interventions=KickConfig()))
+    plateau = dict(target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0)
+    decisions += _all_decisions(
+        kicked, "r", (Observation(step=s, **plateau) for s in range(50, 1050, 50))
+    )
+    kick = next(d for d in decisions[-20:] if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command.id, "control/applied_step": kick.step}
+    blown = Observation(step=1050, target=0.0, train_loss=float("nan"), control=ack)
+    decisions.append(kicked.observe("r", blown))
+    assert {d.cause for d in decisions} == set(Cause)
+    stops = {Cause.GROKKED, Cause.NEVER_GROK, Cause.DIVERGED, Cause.BUDGET}
+    expected = {
+        DecisionKind.STOP: stops,
+        DecisionKind.EXTEND: {Cause.EXTENDED},
+        DecisionKind.KICK: {Cause.KICK},
+        DecisionKind.ROLLBACK: {Cause.ROLLBACK},
+    }
+    for d in decisions:
+        assert d.cause in expected.get(d.kind, {Cause.GROKKED, Cause.KEPT, Cause.CONTINUE})
+        record = d.to_dict()
+        assert Cause.of(record) is d.cause
+        del record["cause"]  # as journals written before decisions carried one
+        assert Cause.of(record) is d.cause, d.reason
+
+
+def test_the_latest_decision_takes_a_note_in_the_log_too() -> None:
+    from grokschedule.core.kick_policy import KickConfig
+
+    policy = GrokPolicy(PolicyConfig(max_t=3000, predictor=False, interventions=KickConfig()))
+    for step in range(50, 3000, 50):
+        obs = Observation(step=step, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0)
+        kick = policy.observe("k", obs)
+        if kick.kind is DecisionKind.KICK:
+            break
+    noted = policy.note("k", kick, "applied by restart")
+    assert noted.reason == f"{kick.reason}; applied by restart"
+    assert noted.command is kick.command and noted.cause is kick.cause
+    assert policy.last_decision("k") is noted and policy.decision_log("k")[-1] is noted
+    later = policy.observe("k", Observation(step=step + 50, target=0.0, train_loss=0.01))
+    assert later.kind is DecisionKind.CONTINUE
+    with pytest.raises(ValueError, match="latest decision"):
+        policy.note("k", noted, "too late")
+
+
+def test_trials_are_added_listed_and_forgotten() -> None:
+    policy = GrokPolicy(PolicyConfig(max_t=100))
+    policy.add("failed-at-once")
+    policy.observe("ran", Observation(step=1, target=0.0, train_loss=1.0))
+    assert policy.trial_ids() == ["failed-at-once", "ran"]
+    assert policy.last_decision("failed-at-once") is None
+    assert policy.decision_log("failed-at-once") == [] == policy.decision_log("unknown")
+    policy.forget("ran")
+    assert policy.trial_ids() == ["failed-at-once"] and policy.last_decision("ran") is None
+    with pytest.raises(KeyError, match="ran"):
+        policy.trial("ran")
+
+
+def test_policy_config_is_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        PolicyConfig("val_acc", "max")

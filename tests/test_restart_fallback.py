@@ -14,8 +14,8 @@ from ray.tune.experiment import Trial
 from ray.tune.result import SHOULD_CHECKPOINT
 from ray.tune.schedulers import TrialScheduler
 
+from grokschedule.core.decision import DecisionKind
 from grokschedule.core.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
-from grokschedule.core.policy import DecisionKind
 from tune_plugins import GrokScheduler
 
 
@@ -91,14 +91,14 @@ def test_a_kick_reaches_a_plain_trainable_by_restart_and_its_window_ends_by_rest
     steps = [step for step, _ in history]
     assert steps == list(range(1, steps[-1] + 1))  # resumed from its checkpoints, no repeats
 
-    (trial_id,) = scheduler.policy.trackers
+    (trial_id,) = scheduler.policy.trial_ids()
     log = scheduler.decision_log(trial_id)
     kicks = [d for d in log if d.kind is DecisionKind.KICK]
-    kinds = [d.command["kick"]["kind"] for d in kicks]
+    kinds = [d.command.kick.kind for d in kicks]
     assert WEIGHT_DECAY not in kinds and kinds.count(GROKFAST) <= 1
     assert LR_MULTIPLY in kinds
     for decision in kicks:
-        if decision.command["kick"]["kind"] == GROKFAST:
+        if decision.command.kick.kind == GROKFAST:
             assert "not applied: a grokfast kick cannot be a config change" in decision.reason
     kicked = kicks[kinds.index(LR_MULTIPLY)]
     assert "applied by restart with config {'lr': 0.2}" in kicked.reason

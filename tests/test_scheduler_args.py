@@ -1,3 +1,5 @@
+"""GrokScheduler's arguments: validated before any trial runs, keyword-only after mode."""
+
 import pytest
 
 from tune_plugins import GrokScheduler
@@ -36,3 +38,10 @@ def test_required_metrics_follow_the_configured_names() -> None:
         "eval_loss",
         "weight_norm",
     ]
+
+
+def test_everything_after_mode_is_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        GrokScheduler("val_acc", "max", "step")
+    scheduler = GrokScheduler("val_acc", "max", time_attr="step", max_t=20_000, grok_threshold=0.95)
+    assert scheduler.policy is not None and scheduler.policy.config.grok_threshold == 0.95

@@ -1,7 +1,10 @@
+"""The end-of-sweep summary and each trial's verdict, from the policy's decision logs."""
+
 from conftest import observations
 
+from grokschedule.core.decision import DecisionKind
 from grokschedule.core.kick_policy import KickConfig
-from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig
 from grokschedule.core.summary import SweepSummary, TrialOutcome
 
 
@@ -14,8 +17,8 @@ def test_summary_counts_outcomes_compute_and_kicks(recorded_curves) -> None:
             if policy.observe(name, obs).kind is DecisionKind.STOP:
                 break
     outcomes = [
-        TrialOutcome.from_tracker(
-            name, policy.trackers[name], policy.last_decision[name], policy.log[name], steps[name]
+        TrialOutcome.of(
+            name, policy.decision_log(name), policy.last_decision(name), steps[name], max_t=3000
         )
         for name in steps
     ]
@@ -25,6 +28,11 @@ def test_summary_counts_outcomes_compute_and_kicks(recorded_curves) -> None:
     assert summary.stopped[0].kicks == 1  # kicked once (never acknowledged), then stopped
     assert summary.grokked[0].kicks == 1  # the p=23 predictor does not expect it to grok either
     assert summary.steps_used == 1650 + steps["memorizer_p47_wd0"]
+    # The verdict in the words MLflow gives (the same judge()), the last decision in full.
+    grokker, memorizer = summary.grokked[0], summary.stopped[0]
+    assert grokker.verdict.outcome == "grokked at step 1650"
+    assert memorizer.verdict.outcome == f"stopped at step {memorizer.steps_used:.0f}: never-grok"
+    assert memorizer.last.startswith("STOP: never-grok: ")
     text = summary.render()
     assert "Interventions: 2 kicks on 2 trials, 0 rolled back; 1 kicked trials grokked" in text
     assert f"to run every trial to max_t=3,000 ({summary.steps_used / 6000:.0%})" in text

@@ -14,11 +14,16 @@ import pytest
 from mlflow_helpers import free_port, log_recorded_sweep
 
 from grokschedule.app.runner import ensure_experiment, local_tracking_uri
+from grokschedule.core.commands import KICK, Command
+from grokschedule.core.decision import Cause, Decision, DecisionKind
+from grokschedule.core.kicks import LR_MULTIPLY, Kick
+from grokschedule.core.phases import Phase
+from grokschedule.core.summary import judge
 from grokschedule.tracking import names
 from grokschedule.tracking.logger import SweepLogger
 from grokschedule.tracking.report import SweepReport, render, report_main, sync
 from grokschedule.tracking.spool import RECORDS, REJECTED
-from grokschedule.tracking.timeline import judge, kick_effects, timeline_markdown
+from grokschedule.tracking.timeline import kick_effects, timeline_markdown
 from grokschedule.tracking.views import mlflow_view, spool_view
 
 CURVES = ["grokker_p47_wd1", "memorizer_p47_wd0", "nogrok_p47_wd01"]
@@ -227,36 +232,33 @@ def test_credentials_come_from_the_environment_only(
 
 
 def test_verdicts_and_kick_effects() -> None:
-    def decision(step: float, kind: str, phase: str, reason: str = "", **extra: object) -> dict:
-        return {
-            "step": step,
-            "kind": kind,
-            "phase": phase,
-            "reason": reason,
-            "signals": {},
-            **extra,
-        }
+    def decision(
+        step: float, kind: str, phase: str, reason: str = "", cause: Cause = Cause.CONTINUE, **extra
+    ) -> Decision:
+        return Decision(DecisionKind(kind), cause, reason, step, Phase(phase), 0.5, {}, **extra)
 
-    lr_kick = {"kind": "lr_multiply", "params": {"factor": 3.0}, "duration_steps": 300}
-    kick = {"type": "kick", "kick": lr_kick}
+    lr_kick = Kick(LR_MULTIPLY, {"factor": 3.0}, duration_steps=300)
     log = [
         decision(100, "CONTINUE", "plateau"),
-        decision(900, "KICK", "plateau", "kick lr", command=kick),
-        decision(1000, "ROLLBACK", "plateau", "rollback: train_loss rose 40%"),
-        decision(1200, "KICK", "plateau", "kick lr", command=kick),
+        decision(900, "KICK", "plateau", "kick lr", Cause.KICK, command=Command(0, KICK, lr_kick)),
+        decision(1000, "ROLLBACK", "plateau", "rollback: train_loss rose 40%", Cause.ROLLBACK),
+        decision(1200, "KICK", "plateau", "kick lr", Cause.KICK, command=Command(2, KICK, lr_kick)),
         decision(1500, "CONTINUE", "transition"),
-        decision(3400, "EXTEND", "transition"),
-        decision(3600, "STOP", "grokked", "grokked at step 3600: val_acc reached 0.95"),
+        decision(3400, "EXTEND", "transition", cause=Cause.EXTENDED),
+        decision(
+            3600, "STOP", "grokked", "grokked at step 3600: val_acc reached 0.95", Cause.GROKKED
+        ),
     ]
+    records = [d.to_dict() for d in log]
     verdict = judge(log, 3600, max_t=3000)
     assert verdict.outcome == "grokked at step 3600 (extended by 600 steps past max_t)"
     assert (verdict.kicks, verdict.rollbacks, verdict.category) == (2, 1, "grokked")
-    assert [(e.kick, e.effect) for e in kick_effects(log)] == [
+    assert [(e.kick, e.effect) for e in kick_effects(records)] == [
         ("lr_multiply factor=3 for 300 steps", "rolled back at step 1000: train_loss rose 40%"),
         ("lr_multiply factor=3 for 300 steps", "transition at step 1500"),
     ]
     assert "| 1000 | ROLLBACK | plateau | rollback: train_loss rose 40% |" in timeline_markdown(
-        "t", verdict, log
+        "t", verdict, records
     )
     failed = judge(log[:2], 950, max_t=3000, error="RuntimeError: CUDA out of memory")
     assert failed.outcome == "failed at step 950: RuntimeError: CUDA out of memory"

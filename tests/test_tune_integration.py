@@ -10,8 +10,8 @@ from ray import tune
 
 from grokschedule.adapters.trainables.modular import modular_trainable
 from grokschedule.app.runner import SweepSettings, run_sweep
+from grokschedule.core.decision import DecisionKind
 from grokschedule.core.phases import Phase
-from grokschedule.core.policy import DecisionKind
 from tune_plugins import GrokScheduler
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_sweep_keeps_the_grokker_and_stops_the_memorizer(local_ray, tmp_path: Pa
 
     memorizer = trials[by_wd[0.0]]
     assert memorizer.phase is Phase.STALLED
-    assert "never-grok" in memorizer.verdict
+    assert "never-grok" in memorizer.last
     assert memorizer.steps_used < 2_000
 
     # MLflow holds one run per trial, with params, step-indexed metrics, tags and the log.

@@ -142,7 +142,7 @@ class GrokMLflowLoggerCallback(LoggerCallback):
             trial.trial_id,
             float(step),
             numeric_metrics(result),
-            None if decision is None else decision.to_dict(),
+            decision,
         )
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
@@ -160,7 +160,7 @@ class GrokMLflowLoggerCallback(LoggerCallback):
         self._sweep = None
 
     def _end(self, trial: Trial, failed: bool, status: str | None = None) -> None:
-        decisions = [d.to_dict() for d in self.scheduler.decision_log(trial.trial_id)]
+        decisions = self.scheduler.decision_log(trial.trial_id)
         error = None
         if failed:
             raised = trial.get_error()

@@ -14,7 +14,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from grokschedule.adapters.scheduler import GrokScheduler
-from grokschedule.core.policy import Decision
+from grokschedule.core.decision import Decision
 
 
 def trial_label(trial: Trial) -> str:

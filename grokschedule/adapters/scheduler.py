@@ -1,78 +1,36 @@
 """GrokScheduler: a Ray Tune ``TrialScheduler`` that keeps paying for runs that will grok.
 
 A thin adapter: it turns each Tune result into an ``Observation``, asks ``GrokPolicy`` for a
-decision and maps that decision back to Tune. All the reasoning lives in ``grokschedule``.
-
-Kicks reach a trainable in one of two ways. One that polls the control channel (it reports
-``control/acked_id``) gets each KICK/ROLLBACK posted to it and applies it between steps. One that
-does not gets it PBT-style (``_Restarts``): the kick becomes a config change
-(``grokschedule.core.commands.config_change`` by default), and at the next result that carries a
-checkpoint the trial is paused and resumed from that checkpoint under the new config. A kick
-with a ``duration_steps`` window is undone the same way once the window has passed (restart with
-the old values), so it means the same on both paths; a ROLLBACK restarts with the pre-kick
-values, but the weights go on from the latest checkpoint (Tune resumes from that one, not from
-the one before the kick). A kick with no config equivalent (Grokfast, ⊥Grad, ...) is skipped with
-the reason in the decision, and the kick policy does not choose that kind for the trial again.
-The scheduler then writes the acknowledgements the trainable cannot (``control/acked_id``,
-``control/applied_step``), so the kick policy reads both paths alike.
+decision and maps that decision back to Tune. All the reasoning lives in ``grokschedule.core``.
+A KICK or ROLLBACK reaches a trainable that polls the control channel (its results carry
+``control/acked_id``) through that channel, and any other by restart under a changed config
+(``grokschedule.adapters.restart``).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import math
 import pickle
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.experiment import Trial
-from ray.tune.result import DONE, SHOULD_CHECKPOINT
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from grokschedule.adapters.control_channel import ControlChannel
-from grokschedule.adapters.restart import restart_with_config
+from grokschedule.adapters.restart import ConfigChange, RestartFallback
 from grokschedule.core.commands import config_change
-from grokschedule.core.contract import ACKED_ID as ACK_KEY
-from grokschedule.core.contract import APPLIED_STEP as APPLIED_KEY
-from grokschedule.core.contract import CONTROL_WEIGHT_DECAY as WEIGHT_DECAY_KEY
-from grokschedule.core.contract import MetricNames, Observation
+from grokschedule.core.contract import ACKED_ID, CONTROL_WEIGHT_DECAY, MetricNames, Observation
+from grokschedule.core.decision import Decision, DecisionKind
 from grokschedule.core.kick_policy import KickConfig
-from grokschedule.core.kicks import Kick
-from grokschedule.core.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig
 from grokschedule.core.summary import SweepSummary, TrialOutcome
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
 logger = logging.getLogger(__name__)
-
-# What a kick becomes in a trial's config: (kick, config) -> changed keys, ValueError if none.
-ConfigChange = Callable[[Kick, Mapping[str, Any]], dict[str, Any]]
-
-
-@dataclass
-class _Restart:
-    """A config change waiting for a result that carries a checkpoint."""
-
-    change: dict[str, Any]
-    label: str  # how the log names it: "kick 3 (lr_multiply)", "rollback 4"
-    command_id: int | None = None  # acknowledged once applied; None for a window's end
-    undo: dict[str, Any] = field(default_factory=dict)  # the values a kick replaces
-    window: int | None = None  # a kick's duration_steps: undone this long after it applied
-    ends: _Restart | None = None  # the kick a window's end or a rollback undoes
-    until: float | None = None  # a kick in force: the step from which its window is over
-
-
-@dataclass
-class _Restarts:
-    """One non-polling trial's kicks by restart: what waits, what is in force, what to ack."""
-
-    pending: _Restart | None = None
-    in_force: list[_Restart] = field(default_factory=list)  # kicks applied, not undone yet
-    acks: dict[str, float] = field(default_factory=dict)
 
 
 class MissingMetricError(ValueError):
@@ -81,6 +39,8 @@ class MissingMetricError(ValueError):
 
 class GrokScheduler(FIFOScheduler):
     """Grokking-aware early stopping for Ray Tune.
+
+    Everything after ``mode`` is keyword-only.
 
     Args:
         metric: The target metric (e.g. ``"val_acc"``); may also come from ``TuneConfig``.
@@ -116,6 +76,7 @@ class GrokScheduler(FIFOScheduler):
         self,
         metric: str | None = None,
         mode: str | None = None,
+        *,
         time_attr: str = "step",
         max_t: float = 20_000,
         grok_threshold: float = 0.95,
@@ -136,8 +97,6 @@ class GrokScheduler(FIFOScheduler):
         kick_config_change: ConfigChange = config_change,
     ) -> None:
         super().__init__()
-        if mode is not None and mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if not time_attr:
             raise ValueError("time_attr must be a non-empty metric name")
         self._time_attr = time_attr
@@ -162,17 +121,19 @@ class GrokScheduler(FIFOScheduler):
             "judge_after": judge_after,
         }
         self._metric, self._mode = metric, mode
-        # Validate every argument now, before any trial runs; metric/mode may still come later.
-        PolicyConfig(metric=metric or "target", mode=mode or "max", **self._policy_args)
-        self.policy: GrokPolicy | None = None
-        if metric is not None and mode is not None:
-            self.policy = GrokPolicy(PolicyConfig(metric=metric, mode=mode, **self._policy_args))
+        # PolicyConfig validates the policy's arguments now, before any trial runs; metric and
+        # mode may still come from TuneConfig (set_search_properties): stand-ins until then.
+        config = PolicyConfig(
+            metric="target" if metric is None else metric,
+            mode="max" if mode is None else mode,
+            **self._policy_args,
+        )
+        self.policy = GrokPolicy(config) if metric is not None and mode is not None else None
         self._checked: set[str] = set()
         self._steps: dict[str, float] = {}
         self._errors: dict[str, str] = {}
         self._channel = ControlChannel() if self._policy_args["interventions"] else None
-        self._kick_config_change = kick_config_change
-        self._restarts: dict[str, _Restarts] = {}  # trials that do not poll the channel
+        self._restarts = RestartFallback(kick_config_change)  # trials that do not poll
 
     # -- Tune wiring -------------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -210,7 +171,7 @@ class GrokScheduler(FIFOScheduler):
         obs = Observation.from_result(result, self._names, self._known_control(trial, result))
         if obs.step <= self._steps.get(trial_id, -math.inf):
             # A trial resumed from an older checkpoint (a failure, Tuner.restore) repeats steps
-            # the tracker has seen; its windows and patience would count them twice.
+            # the policy has seen; its windows and patience would count them twice.
             return self.CONTINUE
         self._steps[trial_id] = obs.step
         decision = policy.observe(trial_id, obs)
@@ -218,10 +179,7 @@ class GrokScheduler(FIFOScheduler):
             self._deliver(trial, decision, result)
         if decision.kind is DecisionKind.STOP:
             return TrialScheduler.STOP
-        restarts = self._restarts.get(trial_id)
-        if restarts is not None:
-            return self._restart_if_due(tune_controller, trial, restarts, result, obs.step)
-        return self.CONTINUE
+        return self._restarts.restart_if_due(tune_controller, trial, result, obs.step)
 
     def on_trial_complete(
         self, tune_controller: TuneController, trial: Trial, result: dict[str, Any]
@@ -236,7 +194,7 @@ class GrokScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller: TuneController, trial: Trial) -> None:
         self._errors[trial.trial_id] = str(trial.error_file or "trial raised an error")
         if self.policy is not None:
-            self.policy.tracker(trial.trial_id)  # failed before its first result: still listed
+            self.policy.add(trial.trial_id)  # failed before its first result: still listed
 
     def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
         # Tune retries a failed trial (FailureConfig) by on_trial_error then on_trial_add of the
@@ -257,27 +215,27 @@ class GrokScheduler(FIFOScheduler):
 
     # -- reading decisions (console, MLflow, summary) ------------------------------------------
     def last_decision(self, trial_id: str) -> Decision | None:
-        return None if self.policy is None else self.policy.last_decision.get(trial_id)
+        return None if self.policy is None else self.policy.last_decision(trial_id)
 
     def decision_log(self, trial_id: str) -> list[Decision]:
-        return [] if self.policy is None else list(self.policy.log.get(trial_id, []))
+        return [] if self.policy is None else self.policy.decision_log(trial_id)
 
     def summary(self) -> SweepSummary:
         policy = self._require_policy()
         outcomes = [
-            TrialOutcome.from_tracker(
+            TrialOutcome.of(
                 trial_id,
-                tracker,
-                policy.last_decision.get(trial_id),
-                policy.log.get(trial_id, []),
+                policy.decision_log(trial_id),
+                policy.last_decision(trial_id),
                 self._steps.get(trial_id, 0.0),
+                policy.config.max_t,
                 error=self._errors.get(trial_id),
             )
-            for trial_id, tracker in policy.trackers.items()
+            for trial_id in policy.trial_ids()
         ]
         return SweepSummary(outcomes, max_t=policy.config.max_t, metric=self._metric or "")
 
-    # -- state: Tuner.restore does not call save/restore, GrokStateCallback carries it ------------
+    # -- state: Tuner.restore does not call save/restore, GrokCallback carries it ---------------
     def get_state(self) -> dict[str, Any]:
         return {
             "metric": self._metric,
@@ -286,7 +244,7 @@ class GrokScheduler(FIFOScheduler):
             "checked": set(self._checked),
             "steps": dict(self._steps),
             "errors": dict(self._errors),
-            "restarts": copy.deepcopy(self._restarts),
+            "restarts": self._restarts.get_state(),
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -295,7 +253,7 @@ class GrokScheduler(FIFOScheduler):
         self._checked = set(state["checked"])
         self._steps = dict(state["steps"])
         self._errors = dict(state["errors"])
-        self._restarts = dict(state.get("restarts", {}))
+        self._restarts.set_state(state["restarts"])
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -307,113 +265,32 @@ class GrokScheduler(FIFOScheduler):
 
     # -- internals ---------------------------------------------------------------------------
     def _deliver(self, trial: Trial, decision: Decision, result: Mapping[str, Any]) -> None:
-        """Send a KICK/ROLLBACK through the live channel, or turn it into a restart for a
-        trainable that does not poll the channel (no ``control/acked_id`` in its results)."""
+        """Send a KICK/ROLLBACK through the live channel, or by restart to a trainable that does
+        not poll the channel (no ``control/acked_id`` in its results); how a restart carries it
+        out (or why it cannot) is noted in the decision the console and MLflow show."""
         assert self._channel is not None and decision.command is not None
-        trial_id = trial.trial_id
-        if ACK_KEY in result and trial_id not in self._restarts:
-            self._channel.post(trial_id, decision.command)
-            self._annotate(trial_id, decision)  # the live path is the default: no note
+        policy, command, trial_id = self._require_policy(), decision.command, trial.trial_id
+        if ACKED_ID in result and not self._restarts.covers(trial_id):
+            self._channel.post(trial_id, command)
+            logger.info("GrokScheduler: trial %s: %s", trial_id, decision.reason)
             return
-        restarts = self._restarts.setdefault(trial_id, _Restarts())
-        command = decision.command
-        if command["type"] == "rollback":
-            kicked = restarts.in_force[-1] if restarts.in_force else None
-            if kicked is not None:  # the policy rolls back the last kick applied
-                rollback = f"rollback {command['id']} of {kicked.label}"
-                restarts.pending = _Restart(dict(kicked.undo), rollback, command["id"], ends=kicked)
-                note = f"applied by restart with config {kicked.undo}"
-            else:  # its window already ended: the pre-kick values are back
-                restarts.acks = {ACK_KEY: command["id"], APPLIED_KEY: decision.step}
-                note = "nothing to restart: the kick's window already ended"
-            self._annotate(
-                trial_id,
-                decision,
-                f"{note} (the trainable does not poll the control channel: the weights go on "
-                "from its latest checkpoint)",
-            )
-            return
-        kick = Kick.from_dict(command["kick"])
         try:
-            change = self._kick_config_change(kick, trial.config)
-        except ValueError as error:
-            policy = self._require_policy()
+            note = self._restarts.deliver(trial, command, decision.step, result)
+        except ValueError as error:  # a kick with no config equivalent
             assert policy.kicks is not None  # a KICK comes only from a policy with kicks
-            policy.kicks.not_applied(trial_id, command["id"])
-            self._annotate(trial_id, decision, f"not applied: {error}")
-            return
-        undo = {key: trial.config.get(key) for key in change}
-        label = f"kick {command['id']} ({kick.kind})"
-        restarts.pending = _Restart(change, label, command["id"], undo, kick.duration_steps)
-        note = f"applied by restart with config {change}"
-        note += " now" if result.get(SHOULD_CHECKPOINT) else " at the next result with a checkpoint"
-        if kick.duration_steps is not None:
-            note += f", undone by restart after {kick.duration_steps} steps"
-        self._annotate(trial_id, decision, note)
-
-    def _restart_if_due(
-        self,
-        tune_controller: TuneController,
-        trial: Trial,
-        restarts: _Restarts,
-        result: Mapping[str, Any],
-        step: float,
-    ) -> str:
-        """PAUSE the trial to resume it under its pending config change, once a result carries
-        the checkpoint to resume from; until then the change waits. A kick's window ends the
-        same way, with a restart under the values it replaced."""
-        if restarts.pending is None:
-            over = [k for k in restarts.in_force if k.until is not None and step >= k.until]
-            if over:
-                label = f"end of the {over[0].label} window"
-                restarts.pending = _Restart(dict(over[0].undo), label, ends=over[0])
-        pending = restarts.pending
-        if pending is None or not result.get(SHOULD_CHECKPOINT) or result.get(DONE):
-            return self.CONTINUE
-        decision = restart_with_config(
-            tune_controller, trial, result, {**trial.config, **pending.change}
-        )
-        restarts.pending = None
-        if pending.command_id is not None:
-            restarts.acks = {ACK_KEY: pending.command_id, APPLIED_KEY: step}
-        if pending.ends is not None:
-            restarts.in_force = [k for k in restarts.in_force if k is not pending.ends]
-        else:
-            pending.until = None if pending.window is None else step + pending.window
-            restarts.in_force.append(pending)
-        logger.info(
-            "GrokScheduler: trial %s step %.0f: %s: restart with config %s from this checkpoint",
-            trial.trial_id,
-            step,
-            pending.label,
-            pending.change,
-        )
-        return decision
-
-    def _annotate(self, trial_id: str, decision: Decision, note: str = "") -> None:
-        """Say how a KICK/ROLLBACK was carried out in the decision the console and MLflow show
-        (the policy logged it: it carries a command)."""
-        policy = self._require_policy()
-        reason = f"{decision.reason}; {note}" if note else decision.reason
-        annotated = dataclasses.replace(decision, reason=reason)
-        if policy.last_decision.get(trial_id) is decision:
-            policy.last_decision[trial_id] = annotated
-        log = policy.log.get(trial_id, [])
-        if log and log[-1] is decision:
-            log[-1] = annotated
-        logger.info("GrokScheduler: trial %s: %s", trial_id, annotated.reason)
+            policy.kicks.not_applied(trial_id, command.id)
+            note = f"not applied: {error}"
+        noted = policy.note(trial_id, decision, note)
+        logger.info("GrokScheduler: trial %s: %s", trial_id, noted.reason)
 
     def _known_control(self, trial: Trial, result: Mapping[str, Any]) -> dict[str, float]:
         """``control/*`` values the trainable does not report: the acknowledgements of kicks by
         restart, and the trial's weight decay from its config (the kick policy skips a
         weight-decay kick at 0)."""
-        known: dict[str, float] = {}
-        restarts = self._restarts.get(trial.trial_id)
-        if restarts is not None and ACK_KEY not in result:
-            known.update(restarts.acks)
+        known = {} if ACKED_ID in result else self._restarts.acks(trial.trial_id)
         weight_decay = trial.config.get("weight_decay")
-        if WEIGHT_DECAY_KEY not in result and isinstance(weight_decay, int | float):
-            known[WEIGHT_DECAY_KEY] = float(weight_decay)
+        if CONTROL_WEIGHT_DECAY not in result and isinstance(weight_decay, int | float):
+            known[CONTROL_WEIGHT_DECAY] = float(weight_decay)
         return known
 
     def _require_policy(self) -> GrokPolicy:

@@ -46,9 +46,10 @@ import torch
 
 from grokschedule.core.commands import KICK, Command
 from grokschedule.core.contract import CONTROL_WEIGHT_DECAY, Observation
+from grokschedule.core.decision import Decision, DecisionKind
 from grokschedule.core.kick_policy import KickConfig
 from grokschedule.core.kicks import Kick
-from grokschedule.core.policy import Decision, DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig
 from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 
 GROK_THRESHOLD = 0.95
@@ -216,7 +217,7 @@ def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None = None
         if spec.kind == "policy" and decide is not None:
             decision = decide(spec.trial_id, metrics)
             if decision.command is not None:
-                pending.append(decision.command)
+                pending.append(decision.command.to_dict())  # as the live channel sends it
                 kick_log.append(f"{step}: {decision.kind.value} {decision.reason}")
             if decision.kind is DecisionKind.STOP and grok_step is None and step < config.max_steps:
                 stopped = f"{step}: {decision.reason}"

@@ -263,7 +263,8 @@ def policy_replay(
     FIFO+stop-at-grok, false kills, and where the non-grokkers were stopped."""
     from grokschedule.bench.replay_bench import default_max_t
     from grokschedule.core.contract import Observation
-    from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+    from grokschedule.core.decision import DecisionKind
+    from grokschedule.core.policy import GrokPolicy, PolicyConfig
 
     paths: dict[str, str] = {}
     for group, params in (models or {}).items():

@@ -38,7 +38,8 @@ from grokschedule.bench.bank import CONTRACT_NAMES, GRID_COLUMNS, METRICS, Curve
 from grokschedule.bench.replay_bench import TRIAL_CPU, default_max_t
 from grokschedule.bench.replay_trainable import replay_trainable
 from grokschedule.core.contract import Observation
-from grokschedule.core.policy import DecisionKind, GrokPolicy, PolicyConfig
+from grokschedule.core.decision import DecisionKind
+from grokschedule.core.policy import GrokPolicy, PolicyConfig
 
 METRIC = "val_acc"
 RSS_EVERY = 25  # trials between RSS samples

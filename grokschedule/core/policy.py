@@ -36,55 +36,33 @@ and 6 also read P(grok) and its ETA, computed from a bounded per-trial history:
 
 ``Decision.signals`` then carries ``p_grok`` and ``eta_steps``, ``Decision.score`` is P(grok),
 and the reasons quote them with the features that weighed most.
+
+Each trial's detector, predictor history, prediction and decision log live in one
+``TrialState``. Adapters read them (``last_decision``, ``decision_log``, ``trial``) and record
+how they carried out a command with ``note``; they never write the state themselves.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from grokschedule.core.commands import KICK, ROLLBACK, Command
 from grokschedule.core.contract import SIGNAL_PREFIX, Observation
+from grokschedule.core.decision import Cause, Decision, DecisionKind
 from grokschedule.core.kick_policy import KickConfig, KickPolicy
 from grokschedule.core.phases import Phase, PhaseConfig, PhaseDetector
 from grokschedule.core.predictor import GrokHistory, GrokPredictor, Prediction
-
-
-class DecisionKind(str, Enum):
-    CONTINUE = "CONTINUE"
-    EXTEND = "EXTEND"
-    STOP = "STOP"
-    KICK = "KICK"
-    ROLLBACK = "ROLLBACK"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with a trial now, why, and the signal values behind it."""
-
-    kind: DecisionKind
-    reason: str
-    step: float
-    phase: Phase
-    score: float
-    signals: dict[str, float] = field(default_factory=dict)
-    command: dict[str, Any] | None = None  # for KICK / ROLLBACK: what the trainer must do
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind.value
-        data["phase"] = self.phase.value
-        return data
 
 
 def _is_accuracy(metric: str) -> bool:
     return "acc" in metric.lower()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PolicyConfig:
     """The scheduler's knobs; validated here so bad arguments fail before any trial runs."""
 
@@ -181,111 +159,162 @@ def load_predictor(choice: bool | str) -> GrokPredictor | None:
 PREDICT_EVERY = 0.05
 
 
+@dataclass
+class TrialState:
+    """Everything the policy holds for one trial."""
+
+    detector: PhaseDetector
+    history: GrokHistory | None = None  # the predictor's bounded input, from the first record
+    prediction: Prediction | None = None  # the latest P(grok) and ETA
+    low_streak: int = 0  # consecutive predictions under stop_below
+    last: Decision | None = None  # the latest decision
+    log: list[Decision] = field(default_factory=list)  # the decisions worth showing: _remember
+
+
+@dataclass(frozen=True)
+class _Ruling:
+    """What a rule decided, before ``observe`` adds the step, phase, score and signals."""
+
+    kind: DecisionKind
+    cause: Cause
+    reason: str
+    command: Command | None = None
+
+
 class GrokPolicy:
-    """Holds one PhaseDetector (and, with the predictor, one bounded GrokHistory) per trial and
-    decides on every observation."""
+    """Decides on every observation; holds one ``TrialState`` per trial and, with
+    interventions, the sweep-wide kick statistics (``kicks``)."""
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
-        self.trackers: dict[str, PhaseDetector] = {}
-        self.last_decision: dict[str, Decision] = {}
-        self.log: dict[str, list[Decision]] = {}
         self.kicks = KickPolicy(config.interventions) if config.interventions else None
         self.predictor = load_predictor(config.predictor)
-        self.histories: dict[str, GrokHistory] = {}
-        self.predictions: dict[str, Prediction] = {}
-        self.low_streak: dict[str, int] = {}  # consecutive predictions under stop_below
         recommended = self.predictor.recommended_stop_below if self.predictor else 0.0
         self.stop_below: float = (
             min(recommended, config.keep_above / 2)
             if config.stop_below is None
             else config.stop_below
         )
+        self._phase_config = PhaseConfig(
+            grok_threshold=config.grok_threshold, mode=config.mode, **config.phases
+        )
+        self._trials: dict[str, TrialState] = {}
 
-    def tracker(self, trial_id: str) -> PhaseDetector:
-        if trial_id not in self.trackers:
-            c = self.config
-            tracker_config = PhaseConfig(grok_threshold=c.grok_threshold, mode=c.mode, **c.phases)
-            self.trackers[trial_id] = PhaseDetector(tracker_config)
-        return self.trackers[trial_id]
+    # -- trials ---------------------------------------------------------------------------------
+    def add(self, trial_id: str) -> TrialState:
+        """The trial's state, made on its first call: ``observe`` adds a trial at its first
+        result; an adapter adds one that failed before it, so the summary still lists it."""
+        state = self._trials.get(trial_id)
+        if state is None:
+            state = self._trials[trial_id] = TrialState(PhaseDetector(self._phase_config))
+        return state
 
-    def patience(self, tracker: PhaseDetector) -> float:
-        memorized = tracker.memorized_step or 0.0
-        patience = max(self.config.patience_factor * memorized, self.config.patience_floor)
-        # Softmax collapse (arXiv 2501.04697) is a never-grok marker: halve the patience.
-        return patience / 2 if tracker.collapsed else patience
+    def trial(self, trial_id: str) -> TrialState:
+        """What the policy holds for a known trial (read it; ``observe`` and ``note`` change
+        it). ``KeyError`` for a trial it has not seen."""
+        state = self._trials.get(trial_id)
+        if state is None:
+            raise KeyError(f"GrokPolicy has no trial {trial_id!r}")
+        return state
 
+    def trial_ids(self) -> list[str]:
+        return list(self._trials)
+
+    def last_decision(self, trial_id: str) -> Decision | None:
+        state = self._trials.get(trial_id)
+        return None if state is None else state.last
+
+    def decision_log(self, trial_id: str) -> list[Decision]:
+        """The trial's decisions worth showing (each change of kind or phase, each command)."""
+        state = self._trials.get(trial_id)
+        return [] if state is None else list(state.log)
+
+    def note(self, trial_id: str, decision: Decision, note: str) -> Decision:
+        """Record how the trial's latest decision was carried out (a restart, a skipped kick):
+        it is replaced, in ``last_decision`` and in the log, by one whose reason ends with
+        ``; {note}``, which is returned."""
+        state = self.trial(trial_id)
+        if state.last is not decision:
+            raise ValueError(f"trial {trial_id}: only its latest decision can take a note")
+        noted = replace(decision, reason=f"{decision.reason}; {note}")
+        state.last = noted
+        if state.log and state.log[-1] is decision:
+            state.log[-1] = noted
+        return noted
+
+    def forget(self, trial_id: str) -> None:
+        """Drop everything held for a trial (a long sweep's finished one, once reported)."""
+        self._trials.pop(trial_id, None)
+
+    # -- deciding -------------------------------------------------------------------------------
     def observe(self, trial_id: str, obs: Observation) -> Decision:
-        tracker = self.tracker(trial_id)
-        phase = tracker.update(obs)
-        self._record(trial_id, tracker, obs)
+        state = self.add(trial_id)
+        detector = state.detector
+        phase = detector.update(obs)
+        self._record(state, obs)
         if self.kicks is not None:
             self.kicks.absorb(trial_id, obs.control, self._train(obs))
-        kind, reason, command = self._intervene(trial_id, tracker, phase, obs)
-        if kind is None:
-            kind, reason = self._decide(trial_id, tracker, tracker.phase)
-            command = None
-        if kind is DecisionKind.STOP and tracker.phase in (
+        ruling = self._intervene(trial_id, state, phase, obs)
+        if ruling is None:
+            ruling = self._decide(trial_id, state, detector.phase)
+        if ruling.kind is DecisionKind.STOP and detector.phase in (
             Phase.PLATEAU,
             Phase.TRANSITION,
             Phase.MEMORIZING,
         ):
-            tracker.mark_stalled(reason)
+            detector.mark_stalled(ruling.reason)
             if self.kicks is not None:
                 self.kicks.fail_unjudged(trial_id)
-        prediction = self.prediction(trial_id)
-        signals = {k: round(v, 6) for k, v in tracker.signals.items()}
+        prediction = state.prediction
+        signals = {k: round(v, 6) for k, v in detector.signals.items()}
         if prediction is not None:
             signals["p_grok"] = float(prediction.p_grok)
-            if prediction.eta_steps is not None and not tracker.phase.terminal:
+            if prediction.eta_steps is not None and not detector.phase.terminal:
                 signals["eta_steps"] = round(float(prediction.eta_steps), 1)  # none once over
         decision = Decision(
-            kind=kind,
-            reason=reason,
+            kind=ruling.kind,
+            cause=ruling.cause,
+            reason=ruling.reason,
             step=obs.step,
-            phase=tracker.phase,
-            score=self._score(tracker, prediction),
+            phase=detector.phase,
+            score=self._score(detector, prediction),
             signals=signals,
-            command=command,
+            command=ruling.command,
         )
-        self._remember(trial_id, decision)
+        self._remember(state, decision)
         return decision
 
-    def quiet_steps(self, trial_id: str, tracker: PhaseDetector) -> float:
+    def patience(self, detector: PhaseDetector) -> float:
+        memorized = detector.memorized_step or 0.0
+        patience = max(self.config.patience_factor * memorized, self.config.patience_floor)
+        # Softmax collapse (arXiv 2501.04697) is a never-grok marker: halve the patience.
+        return patience / 2 if detector.collapsed else patience
+
+    def quiet_steps(self, trial_id: str, detector: PhaseDetector) -> float:
         """Steps since the last transition evidence — or since the last kick took effect."""
-        quiet = tracker.steps_since_evidence()
+        quiet = detector.steps_since_evidence()
         if self.kicks is not None:
             kicked = self.kicks.trial(trial_id).last_kick_step
             if kicked is not None and math.isfinite(kicked):
-                quiet = min(quiet, tracker.step - kicked)
+                quiet = min(quiet, detector.step - kicked)
         return quiet
 
-    def forget(self, trial_id: str) -> None:
-        """Drop a finished trial's tracker (its decision log stays for reporting)."""
-        self.trackers.pop(trial_id, None)
-        self.histories.pop(trial_id, None)
-        self.predictions.pop(trial_id, None)
-        self.low_streak.pop(trial_id, None)
-
-    def prediction(self, trial_id: str) -> Prediction | None:
-        """The trial's latest P(grok)/ETA, or ``None`` (no predictor, not on a plateau yet)."""
-        return self.predictions.get(trial_id)
-
     # -- the predictor --------------------------------------------------------------------------
-    def _record(self, trial_id: str, t: PhaseDetector, obs: Observation) -> None:
+    def _record(self, state: TrialState, obs: Observation) -> None:
         """Feed the trial's bounded history and refresh its prediction when it is due."""
-        predictor = self.predictor
+        predictor, d = self.predictor, state.detector
         if predictor is None:
             return
-        if t.phase.terminal:
-            if t.phase is not Phase.GROKKED:
-                self.predictions.pop(trial_id, None)
+        if d.phase.terminal:
+            if d.phase is not Phase.GROKKED:
+                state.prediction = None
             return
-        history = self.histories.get(trial_id)
+        history = state.history
         if history is None:
-            tc = t.config
-            history = GrokHistory(predictor.capacity, tc.memorized_acc, tc.memorized_loss)
-            self.histories[trial_id] = history
+            dc = d.config
+            history = state.history = GrokHistory(
+                predictor.capacity, dc.memorized_acc, dc.memorized_loss
+            )
         if not math.isfinite(obs.step) or obs.step <= history.step:
             return  # a repeated or older step (a resumed trial): nothing new to learn
         c = self.config
@@ -301,55 +330,51 @@ class GrokPolicy:
                 **{k: v for k, v in obs.extras.items() if k.startswith(SIGNAL_PREFIX)},
             },
         )
-        if t.phase not in (Phase.PLATEAU, Phase.TRANSITION) or history.memorized_step is None:
+        if d.phase not in (Phase.PLATEAU, Phase.TRANSITION) or history.memorized_step is None:
             return
-        last = self.predictions.get(trial_id)
+        last = state.prediction
         if last is None or last.step is None or obs.step >= last.step * (1 + PREDICT_EVERY):
-            prediction = predictor.predict(history)
-            self.predictions[trial_id] = prediction
-            low = prediction.p_grok < self.stop_below
-            self.low_streak[trial_id] = self.low_streak.get(trial_id, 0) + 1 if low else 0
+            state.prediction = predictor.predict(history)
+            low = state.prediction.p_grok < self.stop_below
+            state.low_streak = state.low_streak + 1 if low else 0
 
-    def _memorization_ratio(self, trial_id: str) -> float:
-        """Step over the memorization step as the tracker saw it (the patience's basis too)."""
-        tracker = self.trackers.get(trial_id)
-        if tracker is None or not tracker.memorized_step:
-            return 0.0
-        return tracker.step / tracker.memorized_step
+    @staticmethod
+    def _memorization_ratio(d: PhaseDetector) -> float:
+        """Step over the memorization step as the detector saw it (the patience's basis too)."""
+        return d.step / d.memorized_step if d.memorized_step else 0.0
 
-    def _hopeless(self, trial_id: str) -> Prediction | None:
+    def _hopeless(self, state: TrialState) -> Prediction | None:
         """The prediction, when it says to stop this plateau now."""
-        prediction = self.prediction(trial_id)
+        prediction = state.prediction
         if prediction is None or self.kicks is not None:  # with kicks, kick before stopping
             return None
-        c = self.config
         if (  # two predictions in a row, so one noisy reading does not kill a run
-            self.low_streak.get(trial_id, 0) >= 2
-            and self._memorization_ratio(trial_id) >= c.judge_after
+            state.low_streak >= 2
+            and self._memorization_ratio(state.detector) >= self.config.judge_after
         ):
             return prediction
         return None
 
-    def _behind_schedule(self, trial_id: str, t: PhaseDetector) -> Prediction | None:
+    def _behind_schedule(self, state: TrialState) -> Prediction | None:
         """The prediction, when a plateau past ``judge_after`` × memorization is not expected to
         grok by ``max_t``: such a run is worth a kick even while it shows weak evidence, which
         keeps the quiet-plateau rule from ever firing."""
-        prediction = self.prediction(trial_id)
-        if prediction is None or self._memorization_ratio(trial_id) < self.config.judge_after:
+        prediction, d = state.prediction, state.detector
+        if prediction is None or self._memorization_ratio(d) < self.config.judge_after:
             return None
         eta = prediction.eta_steps
-        on_time = eta is not None and t.step + eta <= self.config.max_t
+        on_time = eta is not None and d.step + eta <= self.config.max_t
         if prediction.p_grok >= self.config.keep_above and on_time:
             return None
         return prediction
 
-    def _promising(self, trial_id: str) -> Prediction | None:
-        prediction = self.prediction(trial_id)
+    def _promising(self, state: TrialState) -> Prediction | None:
+        prediction = state.prediction
         if prediction is None or prediction.p_grok < self.config.keep_above:
             return None
         return prediction
 
-    # -- rules ------------------------------------------------------------------------------
+    # -- rules ----------------------------------------------------------------------------------
     @staticmethod
     def _train(obs: Observation) -> tuple[float, float]:
         loss = math.nan if obs.train_loss is None else obs.train_loss
@@ -357,33 +382,34 @@ class GrokPolicy:
         return loss, acc
 
     def _intervene(
-        self, trial_id: str, t: PhaseDetector, phase: Phase, obs: Observation
-    ) -> tuple[DecisionKind | None, str, dict[str, Any] | None]:
+        self, trial_id: str, state: TrialState, phase: Phase, obs: Observation
+    ) -> _Ruling | None:
         """Rollback and kick decisions; ``None`` leaves the decision to the plain rules."""
-        kicks = self.kicks
+        kicks, d = self.kicks, state.detector
         if kicks is None:
-            return None, "", None
+            return None
         train = self._train(obs)
-        kicks.credit(trial_id, t.last_evidence_step, grokked=phase is Phase.GROKKED)
+        kicks.credit(trial_id, d.last_evidence_step, grokked=phase is Phase.GROKKED)
         harm = kicks.harm(trial_id, obs.step, train, diverged=phase is Phase.DIVERGED)
         if harm:
             command_id = kicks.order_rollback(trial_id)
             if phase is Phase.DIVERGED:
-                t.resume_plateau(f"rolled back: {harm}")
-            return (
+                d.resume_plateau(f"rolled back: {harm}")
+            return _Ruling(
                 DecisionKind.ROLLBACK,
+                Cause.ROLLBACK,
                 f"rollback: {harm}",
-                {"id": command_id, "type": "rollback"},
+                Command(command_id, ROLLBACK),
             )
-        if phase is not Phase.PLATEAU or t.step >= self.config.max_t:
-            return None, "", None
-        quiet, patience = self.quiet_steps(trial_id, t), self.patience(t)
-        behind = self._behind_schedule(trial_id, t)
+        if phase is not Phase.PLATEAU or d.step >= self.config.max_t:
+            return None
+        quiet, patience = self.quiet_steps(trial_id, d), self.patience(d)
+        behind = self._behind_schedule(state)
         if quiet < kicks.config.kick_at * patience and behind is None:
-            return None, "", None
+            return None
         chosen = kicks.choose(trial_id, obs.step, train)
         if chosen is None:
-            return None, "", None
+            return None
         command_id, kick = chosen
         why = (
             f"plateau quiet {quiet:.0f} steps ≥ {kicks.config.kick_at:g}× patience {patience:.0f}"
@@ -395,92 +421,111 @@ class GrokPolicy:
             f"/{kicks.config.max_kicks}; sweep stats helped/tried: {kicks.describe_stats()}"
         )
         kick = type(kick)(kick.kind, kick.params, kick.duration_steps, reason)
-        return DecisionKind.KICK, reason, {"id": command_id, "type": "kick", "kick": kick.to_dict()}
+        return _Ruling(DecisionKind.KICK, Cause.KICK, reason, Command(command_id, KICK, kick))
 
-    def _decide(self, trial_id: str, t: PhaseDetector, phase: Phase) -> tuple[DecisionKind, str]:
-        c = self.config
+    def _decide(self, trial_id: str, state: TrialState, phase: Phase) -> _Ruling:
+        c, d = self.config, state.detector
         if phase is Phase.DIVERGED:
-            return DecisionKind.STOP, f"diverged: {t.changes[-1].reason}"
+            return _Ruling(DecisionKind.STOP, Cause.DIVERGED, f"diverged: {d.changes[-1].reason}")
         if phase is Phase.GROKKED:
-            reason = f"grokked at step {t.grokked_step:.0f}: {c.metric} reached {c.grok_threshold}"
-            if c.stop_on_grok:
-                return DecisionKind.STOP, reason
-            return DecisionKind.CONTINUE, reason
-        if t.step >= c.max_t:
-            return self._at_budget(trial_id, t, phase)
+            reason = f"grokked at step {d.grokked_step:.0f}: {c.metric} reached {c.grok_threshold}"
+            kind = DecisionKind.STOP if c.stop_on_grok else DecisionKind.CONTINUE
+            return _Ruling(kind, Cause.GROKKED, reason)
+        if d.step >= c.max_t:
+            return self._at_budget(state, phase)
         if phase is Phase.PLATEAU:
-            quiet, patience = self.quiet_steps(trial_id, t), self.patience(t)
-            hopeless = self._hopeless(trial_id)
+            quiet, patience = self.quiet_steps(trial_id, d), self.patience(d)
+            hopeless = self._hopeless(state)
             if hopeless is not None:
-                return DecisionKind.STOP, (
+                return _Ruling(
+                    DecisionKind.STOP,
+                    Cause.NEVER_GROK,
                     f"never-grok: {hopeless.describe()}; P(grok) < stop_below {self.stop_below:g} "
-                    f"at {self._memorization_ratio(trial_id):.1f}× memorization "
-                    f"(memorization at {t.memorized_step or 0:.0f}); "
-                    f"{self._describe(t)}"
+                    f"at {self._memorization_ratio(d):.1f}× memorization "
+                    f"(memorization at {d.memorized_step or 0:.0f}); "
+                    f"{self._describe_signals(d)}",
                 )
             if quiet >= patience:
-                promising = self._promising(trial_id)
+                promising = self._promising(state)
                 if promising is not None:
-                    return DecisionKind.CONTINUE, (
+                    return _Ruling(
+                        DecisionKind.CONTINUE,
+                        Cause.KEPT,
                         f"kept past patience: {promising.describe()} ≥ keep_above "
                         f"{c.keep_above:g}; quiet {quiet:.0f} steps ≥ patience {patience:.0f}; "
-                        f"{self._describe(t)}"
+                        f"{self._describe_signals(d)}",
                     )
-                return DecisionKind.STOP, (
+                return _Ruling(
+                    DecisionKind.STOP,
+                    Cause.NEVER_GROK,
                     f"never-grok: no transition evidence for {quiet:.0f} steps ≥ patience "
-                    f"{patience:.0f} ({self._patience_basis(t)}); {self._describe(t, trial_id)}"
+                    f"{patience:.0f} ({self._patience_basis(d)}); {self._describe(state)}",
                 )
-            return DecisionKind.CONTINUE, (
-                f"plateau since step {t.memorized_step:.0f}, quiet {quiet:.0f}/{patience:.0f} "
-                f"steps; {self._describe(t, trial_id)}"
+            return _Ruling(
+                DecisionKind.CONTINUE,
+                Cause.CONTINUE,
+                f"plateau since step {d.memorized_step:.0f}, quiet {quiet:.0f}/{patience:.0f} "
+                f"steps; {self._describe(state)}",
             )
         if phase is Phase.TRANSITION:
-            return DecisionKind.CONTINUE, f"transition: {self._describe(t, trial_id)}"
+            return _Ruling(
+                DecisionKind.CONTINUE, Cause.CONTINUE, f"transition: {self._describe(state)}"
+            )
         if phase is Phase.MEMORIZING:
-            return DecisionKind.CONTINUE, "memorizing: training set not yet fit"
-        return DecisionKind.CONTINUE, f"warmup: {t.results}/{t.config.warmup_results} results"
+            return _Ruling(
+                DecisionKind.CONTINUE, Cause.CONTINUE, "memorizing: training set not yet fit"
+            )
+        return _Ruling(
+            DecisionKind.CONTINUE,
+            Cause.CONTINUE,
+            f"warmup: {d.results}/{d.config.warmup_results} results",
+        )
 
-    def _at_budget(self, trial_id: str, t: PhaseDetector, phase: Phase) -> tuple[DecisionKind, str]:
-        c = self.config
+    def _at_budget(self, state: TrialState, phase: Phase) -> _Ruling:
+        c, d = self.config, state.detector
         limit = c.max_t + c.extension
         alive = phase is Phase.TRANSITION or (
-            phase is Phase.PLATEAU and t.fired and t.steps_since_evidence() == 0
+            phase is Phase.PLATEAU and d.fired and d.steps_since_evidence() == 0
         )
-        if alive and self._hopeless(trial_id) is not None:
+        if alive and self._hopeless(state) is not None:
             alive = False  # the same P(grok) that stops a plateau does not pay past max_t
-        promising = self._promising(trial_id)
+        promising = self._promising(state)
         due = None
         if promising is not None and promising.eta_steps is not None:
-            due = t.step + promising.eta_steps
+            due = d.step + promising.eta_steps
         predicted = phase is Phase.PLATEAU and due is not None and due <= limit
-        if (alive or predicted) and t.step < limit:
+        if (alive or predicted) and d.step < limit:
             why = (
                 f"{phase.value} is under way" if alive else f"it is predicted to grok by {due:.0f}"
             )
-            return DecisionKind.EXTEND, (
+            return _Ruling(
+                DecisionKind.EXTEND,
+                Cause.EXTENDED,
                 f"past max_t {c.max_t:.0f} while {why} "
-                f"(extension {t.step - c.max_t:.0f}/{c.extension:.0f}); "
-                f"{self._describe(t, trial_id)}"
+                f"(extension {d.step - c.max_t:.0f}/{c.extension:.0f}); {self._describe(state)}",
             )
         where = "extension" if alive or predicted else f"max_t {c.max_t:.0f}"
-        return DecisionKind.STOP, (
-            f"budget: reached {where} in {phase.value}; {self._describe(t, trial_id)}"
+        return _Ruling(
+            DecisionKind.STOP,
+            Cause.BUDGET,
+            f"budget: reached {where} in {phase.value}; {self._describe(state)}",
         )
 
-    def _patience_basis(self, t: PhaseDetector) -> str:
+    def _patience_basis(self, d: PhaseDetector) -> str:
         c = self.config
-        basis = f"{c.patience_factor:g}× memorization at {t.memorized_step or 0:.0f}"
+        basis = f"{c.patience_factor:g}× memorization at {d.memorized_step or 0:.0f}"
         basis += f", min {c.patience_floor:.0f}"
-        return basis + (", halved: softmax collapse" if t.collapsed else "")
+        return basis + (", halved: softmax collapse" if d.collapsed else "")
 
-    def _describe(self, t: PhaseDetector, trial_id: str | None = None) -> str:
-        prediction = None if trial_id is None else self.prediction(trial_id)
+    def _describe(self, state: TrialState) -> str:
+        """The trial's P(grok) (when predicted) and signals, for a reason."""
+        prediction = state.prediction
         prefix = "" if prediction is None else prediction.describe() + "; "
-        return prefix + self._describe_signals(t)
+        return prefix + self._describe_signals(state.detector)
 
     @staticmethod
-    def _describe_signals(t: PhaseDetector) -> str:
-        s = t.signals
+    def _describe_signals(d: PhaseDetector) -> str:
+        s = d.signals
         parts = [f"progress {s.get('progress', 0.0):.0%}"]
         parts += [
             f"{label} {s[key]:+.1%}"
@@ -489,33 +534,33 @@ class GrokPolicy:
         ]
         if "zero_loss_share" in s:
             parts.append(f"zero-loss share {s['zero_loss_share']:.0%}")
-        parts.append("evidence: " + (", ".join(t.fired) if t.fired else "none"))
+        parts.append("evidence: " + (", ".join(d.fired) if d.fired else "none"))
         return ", ".join(parts)
 
-    def _score(self, t: PhaseDetector, prediction: Prediction | None = None) -> float:
+    def _score(self, d: PhaseDetector, prediction: Prediction | None = None) -> float:
         """P(grok) from the predictor on a plateau or in transition; otherwise (no predictor, or
         before memorization) a heuristic grok score in [0, 1], not a calibrated probability."""
-        if t.phase is Phase.GROKKED:
+        if d.phase is Phase.GROKKED:
             return 1.0
-        if t.phase in (Phase.STALLED, Phase.DIVERGED):
+        if d.phase in (Phase.STALLED, Phase.DIVERGED):
             return 0.0
-        if prediction is not None and t.phase in (Phase.PLATEAU, Phase.TRANSITION):
+        if prediction is not None and d.phase in (Phase.PLATEAU, Phase.TRANSITION):
             return float(prediction.p_grok)
-        if t.phase is Phase.TRANSITION:
-            return 0.5 + 0.5 * t.progress()
-        if t.phase is Phase.PLATEAU:
-            freshness = min(1.0, max(0.0, 1.0 - t.steps_since_evidence() / self.patience(t)))
-            return round(0.1 + 0.3 * freshness + 0.05 * len(t.fired), 3)
+        if d.phase is Phase.TRANSITION:
+            return 0.5 + 0.5 * d.progress()
+        if d.phase is Phase.PLATEAU:
+            freshness = min(1.0, max(0.0, 1.0 - d.steps_since_evidence() / self.patience(d)))
+            return round(0.1 + 0.3 * freshness + 0.05 * len(d.fired), 3)
         return 0.5
 
-    def _remember(self, trial_id: str, decision: Decision) -> None:
+    @staticmethod
+    def _remember(state: TrialState, decision: Decision) -> None:
         """Log every decision whose kind or phase differs from the previous one, and every one
         that carries a command (a KICK right after another is a new kick)."""
-        previous = self.last_decision.get(trial_id)
-        self.last_decision[trial_id] = decision
+        previous, state.last = state.last, decision
         changed = previous is None or (previous.kind, previous.phase) != (
             decision.kind,
             decision.phase,
         )
         if changed or decision.command is not None:
-            self.log.setdefault(trial_id, []).append(decision)
+            state.log.append(decision)

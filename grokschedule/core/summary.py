@@ -1,51 +1,109 @@
-"""The end-of-sweep account: who grokked and when, who was stopped and why, what it cost."""
+"""The end-of-sweep account: who grokked and when, who was stopped and why, what it cost; and
+each trial's verdict, which MLflow shows in the same words (``judge``)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from grokschedule.core.phases import Phase, PhaseDetector
-from grokschedule.core.policy import Decision, DecisionKind
+from grokschedule.core.decision import Decision, DecisionKind
+from grokschedule.core.phases import Phase
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a trial ended, in the words and numbers a reviewer looks for."""
+
+    category: str  # grokked | stopped | failed | ended
+    outcome: str  # "grokked at step 1650", "stopped at step 1150: never-grok", ...
+    final_phase: Phase
+    steps_used: float
+    grok_step: float | None
+    extended_steps: float
+    kicks: int
+    rollbacks: int
+
+
+def judge(
+    log: Sequence[Decision], steps_used: float, max_t: float, error: str | None = None
+) -> Verdict:
+    """The verdict of a trial from its decision log (``GrokPolicy.decision_log``): the one
+    account the console summary and MLflow give."""
+    kinds = [d.kind for d in log]
+    extended = max(0.0, steps_used - max_t) if DecisionKind.EXTEND in kinds else 0.0
+    grok_step = next((d.step for d in log if d.phase is Phase.GROKKED), None)
+    last = log[-1] if log else None
+    phase = last.phase if last else Phase.WARMUP
+    after = f" (extended by {extended:,.0f} steps past max_t)" if extended else ""
+    if error is not None:
+        category, outcome = "failed", f"failed at step {steps_used:.0f}: {error}"
+    elif grok_step is not None:
+        category, outcome = "grokked", f"grokked at step {grok_step:.0f}{after}"
+    elif last is not None and last.kind is DecisionKind.STOP:
+        cause = last.cause.value
+        category, outcome = "stopped", f"stopped at step {steps_used:.0f}: {cause}{after}"
+    else:
+        category, outcome = "ended", f"ended at step {steps_used:.0f} in {phase.value}{after}"
+    return Verdict(
+        category=category,
+        outcome=outcome,
+        final_phase=phase,
+        steps_used=steps_used,
+        grok_step=grok_step,
+        extended_steps=extended,
+        kicks=kinds.count(DecisionKind.KICK),
+        rollbacks=kinds.count(DecisionKind.ROLLBACK),
+    )
 
 
 @dataclass(frozen=True)
 class TrialOutcome:
+    """A trial in the sweep's account: its verdict and its latest decision in words."""
+
     trial_id: str
-    phase: Phase
-    steps_used: float
-    grok_step: float | None
-    verdict: str
+    verdict: Verdict
+    last: str  # "KIND: reason" of the latest decision, "error: ..." or "no result yet"
     error: str | None = None
-    kicks: int = 0
-    rollbacks: int = 0
 
     @classmethod
-    def from_tracker(
+    def of(
         cls,
         trial_id: str,
-        tracker: PhaseDetector,
+        log: Sequence[Decision],
         last: Decision | None,
-        log: list[Decision],
         steps_used: float,
+        max_t: float,
         error: str | None = None,
     ) -> TrialOutcome:
-        if error:
-            verdict = f"error: {error}"
+        """``log`` and ``last``: the policy's ``decision_log`` and ``last_decision``."""
+        if error is not None:
+            text = f"error: {error}"
         elif last is None:
-            verdict = "no result yet"
+            text = "no result yet"
         else:
-            verdict = f"{last.kind.value}: {last.reason}"
-        return cls(
-            trial_id,
-            tracker.phase,
-            steps_used,
-            tracker.grokked_step,
-            verdict,
-            error,
-            kicks=sum(d.kind is DecisionKind.KICK for d in log),
-            rollbacks=sum(d.kind is DecisionKind.ROLLBACK for d in log),
-        )
+            text = f"{last.kind.value}: {last.reason}"
+        return cls(trial_id, judge(log, steps_used, max_t, error), text, error)
+
+    @property
+    def phase(self) -> Phase:
+        return self.verdict.final_phase
+
+    @property
+    def steps_used(self) -> float:
+        return self.verdict.steps_used
+
+    @property
+    def grok_step(self) -> float | None:
+        return self.verdict.grok_step
+
+    @property
+    def kicks(self) -> int:
+        return self.verdict.kicks
+
+    @property
+    def rollbacks(self) -> int:
+        return self.verdict.rollbacks
 
 
 @dataclass(frozen=True)
@@ -85,7 +143,7 @@ class SweepSummary:
         ]
         lines.append(f"Stopped ({len(self.stopped)}):")
         lines += [
-            f"  {names.get(t.trial_id, t.trial_id)} at step {t.steps_used:.0f}: {t.verdict}"
+            f"  {names.get(t.trial_id, t.trial_id)} at step {t.steps_used:.0f}: {t.last}"
             for t in self.stopped
         ]
         others = [t for t in self.trials if t not in self.grokked and t not in self.stopped]
@@ -93,7 +151,7 @@ class SweepSummary:
             lines.append(f"Other ({len(others)}):")
             lines += [
                 f"  {names.get(t.trial_id, t.trial_id)} ({t.phase.value}, {t.steps_used:.0f} "
-                f"steps): {t.verdict}"
+                f"steps): {t.last}"
                 for t in others
             ]
         kicked = [t for t in self.trials if t.kicks]

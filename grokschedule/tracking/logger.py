@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from grokschedule.core.decision import Decision
+from grokschedule.core.summary import judge
 from grokschedule.tracking import names
 from grokschedule.tracking.plots import plotted, trial_figure
 from grokschedule.tracking.report import SweepReport, overview_png, render
@@ -30,10 +32,10 @@ from grokschedule.tracking.sender import Sender
 from grokschedule.tracking.spool import RECORDS, Spool, now_ms, read_records
 from grokschedule.tracking.timeline import (
     describe_totals,
-    judge,
     sweep_totals,
     timeline_html,
     timeline_markdown,
+    verdict_tags,
 )
 from grokschedule.tracking.views import spool_view
 
@@ -151,13 +153,13 @@ class SweepLogger:
         key: str,
         step: float,
         metrics: Mapping[str, float],
-        decision: Mapping[str, Any] | None = None,
+        decision: Decision | None = None,
     ) -> None:
         """One result: its scalars (and the signals behind ``decision``) at the trial's step,
         and the phase tags when the phase or reason changed."""
         values = {k: float(v) for k, v in metrics.items() if _loggable(k, v)}
         if decision is not None:
-            for name, value in (decision.get("signals") or {}).items():
+            for name, value in decision.signals.items():
                 if _loggable(name, value):
                     values[f"{names.SCHEDULER_PREFIX}{name}"] = float(value)
         self.spool.append(
@@ -169,35 +171,35 @@ class SweepLogger:
             if plotted(name):
                 history.setdefault(name, []).append((float(step), value))
         if decision is not None:
-            label = (decision["phase"], decision["reason"])
+            label = (decision.phase.value, decision.reason)
             if self._tagged.get(key) != label:
                 self._tagged[key] = label
-                line = f"{decision['kind']} @ {decision['step']:.0f}: {decision['reason']}"
-                self._tags(key, {names.PHASE: decision["phase"], names.LAST_DECISION: line})
+                line = f"{decision.kind.value} @ {decision.step:.0f}: {decision.reason}"
+                self._tags(key, {names.PHASE: decision.phase.value, names.LAST_DECISION: line})
 
     def end_trial(
         self,
         key: str,
         title: str,
-        decisions: Sequence[Mapping[str, Any]],
+        decisions: Sequence[Decision],
         error: str | None = None,
         status: str | None = None,
     ) -> dict[str, str]:
         """Close a trial's run with its verdict, decision timeline and curves; returns the
-        verdict tags. Also refreshes the sweep's live totals. ``status`` overrides the run
-        status (FAILED with an error, else FINISHED), e.g. KILLED for an interrupted sweep."""
+        verdict tags. ``decisions``: the trial's decision log. Also refreshes the sweep's live
+        totals. ``status`` overrides the run status (FAILED with an error, else FINISHED), e.g.
+        KILLED for an interrupted sweep."""
         history = self._history.pop(key, {})
         verdict = judge(decisions, self._steps.get(key, 0.0), self.max_t, error)
-        tags = verdict.tags()
+        tags = verdict_tags(verdict)
         if decisions:
             last = decisions[-1]
-            tags[names.VERDICT] = f"{last['kind']}: {last['reason']}"
+            tags[names.VERDICT] = f"{last.kind.value}: {last.reason}"
         self._tags(key, tags)
-        self._artifact(key, names.DECISIONS_JSON, json.dumps(list(decisions), indent=1).encode())
-        self._artifact(
-            key, names.TIMELINE_MD, timeline_markdown(title, verdict, decisions).encode()
-        )
-        self._artifact(key, names.TIMELINE_HTML, timeline_html(title, verdict, decisions).encode())
+        records = [d.to_dict() for d in decisions]
+        self._artifact(key, names.DECISIONS_JSON, json.dumps(records, indent=1).encode())
+        self._artifact(key, names.TIMELINE_MD, timeline_markdown(title, verdict, records).encode())
+        self._artifact(key, names.TIMELINE_HTML, timeline_html(title, verdict, records).encode())
         self.spool.append(
             {
                 "op": "end_run",
@@ -208,9 +210,7 @@ class SweepLogger:
         )
         # Plotting takes most of a second: off Tune's event loop, which would otherwise hold
         # back every trial's next result meanwhile.
-        job = self._plotter.submit(
-            self._plot_trial, key, history, decisions, title, verdict.outcome
-        )
+        job = self._plotter.submit(self._plot_trial, key, history, records, title, verdict.outcome)
         job.add_done_callback(_warn_if_failed)
         self._verdicts[key] = tags
         self._log_totals()

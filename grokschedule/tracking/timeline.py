@@ -1,4 +1,5 @@
-"""A trial's verdict, what each kick did, and its decision timeline as a readable table.
+"""A trial's decision timeline as a readable table, what each kick did, its verdict's tags and
+the sweep's totals.
 
 Works on decision dicts (``Decision.to_dict()``, as stored in ``grok/decisions.json``) rather than
 on ``Decision`` objects, so the same code reads a live sweep, a local spool and an MLflow run
@@ -12,68 +13,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from grokschedule.core.decision import Cause
+from grokschedule.core.summary import Verdict
 from grokschedule.tracking import names
 
 Decisions = Sequence[Mapping[str, Any]]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """How a trial ended, in the words and numbers a reviewer looks for."""
-
-    category: str  # grokked | stopped | failed | ended
-    outcome: str
-    final_phase: str
-    steps_used: float
-    grok_step: float | None
-    extended_steps: float
-    kicks: int
-    rollbacks: int
-
-    def tags(self) -> dict[str, str]:
-        tags = {
-            names.CATEGORY: self.category,
-            names.OUTCOME: self.outcome,
-            names.FINAL_PHASE: self.final_phase,
-            names.STEPS_USED: f"{self.steps_used:.0f}",
-            names.EXTENDED_STEPS: f"{self.extended_steps:.0f}",
-            names.KICKS: str(self.kicks),
-            names.ROLLBACKS: str(self.rollbacks),
-        }
-        if self.grok_step is not None:
-            tags[names.GROK_STEP] = f"{self.grok_step:.0f}"
-        return tags
-
-
-def judge(
-    decisions: Decisions, steps_used: float, max_t: float, error: str | None = None
-) -> Verdict:
-    """The verdict of a finished trial from its decision log."""
-    kinds = [d["kind"] for d in decisions]
-    extended = max(0.0, steps_used - max_t) if "EXTEND" in kinds else 0.0
-    grok_step = next((d["step"] for d in decisions if d["phase"] == "grokked"), None)
-    last = decisions[-1] if decisions else None
-    phase = last["phase"] if last else "warmup"
-    after = f" (extended by {extended:,.0f} steps past max_t)" if extended else ""
-    if error is not None:
-        category, outcome = "failed", f"failed at step {steps_used:.0f}: {error}"
-    elif grok_step is not None:
-        category, outcome = "grokked", f"grokked at step {grok_step:.0f}{after}"
-    elif last is not None and last["kind"] == "STOP":
-        cause = last["reason"].split(":", 1)[0]
-        category, outcome = "stopped", f"stopped at step {steps_used:.0f}: {cause}{after}"
-    else:
-        category, outcome = "ended", f"ended at step {steps_used:.0f} in {phase}{after}"
-    return Verdict(
-        category=category,
-        outcome=outcome,
-        final_phase=phase,
-        steps_used=steps_used,
-        grok_step=grok_step,
-        extended_steps=extended,
-        kicks=kinds.count("KICK"),
-        rollbacks=kinds.count("ROLLBACK"),
-    )
+def verdict_tags(verdict: Verdict) -> dict[str, str]:
+    """A trial run's verdict tags (``grokschedule.core.summary.judge`` decides the verdict)."""
+    tags = {
+        names.CATEGORY: verdict.category,
+        names.OUTCOME: verdict.outcome,
+        names.FINAL_PHASE: verdict.final_phase.value,
+        names.STEPS_USED: f"{verdict.steps_used:.0f}",
+        names.EXTENDED_STEPS: f"{verdict.extended_steps:.0f}",
+        names.KICKS: str(verdict.kicks),
+        names.ROLLBACKS: str(verdict.rollbacks),
+    }
+    if verdict.grok_step is not None:
+        tags[names.GROK_STEP] = f"{verdict.grok_step:.0f}"
+    return tags
 
 
 def describe_kick(decision: Mapping[str, Any]) -> str:
@@ -103,7 +63,7 @@ def kick_effects(decisions: Decisions) -> list[KickEffect]:
         last = decisions[-1]
         effect = "no transition evidence yet"
         if last is not decision and last["kind"] == "STOP":
-            cause = last["reason"].split(":", 1)[0]
+            cause = Cause.of(last).value
             effect = f"no transition evidence before the stop at step {last['step']:.0f} ({cause})"
         for later in decisions[i + 1 :]:
             if later["kind"] == "KICK":
@@ -206,7 +166,7 @@ def _effect_rows(effects: Sequence[KickEffect]) -> list[tuple[str, str, str]]:
 
 
 def sweep_totals(verdicts: Sequence[Mapping[str, str]], max_t: float) -> dict[str, float]:
-    """Counts and compute of a sweep from its trials' verdict tags (``Verdict.tags()``); a trial
+    """Counts and compute of a sweep from its trials' verdict tags (``verdict_tags``); a trial
     without a verdict yet counts as running."""
 
     def count(category: str) -> int:
