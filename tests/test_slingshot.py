@@ -55,8 +55,8 @@ def _kicked(trial: str, **options) -> tuple[GrokPolicy, Decision, dict[str, floa
     for step in range(50, 1001, 50):
         obs = Observation(step=step, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0)
         policy.observe(trial, obs)
-    kick = next(d for d in policy.log[trial] if d.kind is DecisionKind.KICK)
-    ack = {"control/acked_id": kick.command["id"], "control/applied_step": kick.step}
+    kick = next(d for d in policy.decision_log(trial) if d.kind is DecisionKind.KICK)
+    ack = {"control/acked_id": kick.command.id, "control/applied_step": kick.step}
     return policy, kick, ack
 
 
@@ -110,7 +110,7 @@ def test_with_a_chance_level_a_loss_back_at_chance_diverges_and_the_kick_is_roll
     decisions = _after(policy, "d", kick, ack, [(4.6, 0.01)] * 5)
     assert [d.kind for d in decisions] == [DecisionKind.CONTINUE] * 4 + [DecisionKind.ROLLBACK]
     assert decisions[-1].reason.endswith("diverged")
-    assert policy.trackers["d"].phase is Phase.PLATEAU  # the trial goes on from its snapshot
+    assert policy.trial("d").detector.phase is Phase.PLATEAU  # the trial goes on from its snapshot
 
 
 def test_a_non_finite_loss_during_a_spike_rolls_back_at_once() -> None:
