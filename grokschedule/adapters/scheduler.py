@@ -56,7 +56,8 @@ class GrokScheduler(FIFOScheduler):
         train_loss, train_acc, val_loss, weight_norm: Names of the contract metrics; set one to
             ``None`` if the trainable does not report it. Extra ``grok/*`` metrics are used when
             present.
-        phase_options: Overrides for ``grokschedule.core.phases.PhaseConfig``.
+        phase_options: Overrides for ``grokschedule.core.phases.PhaseConfig``, e.g.
+            ``{"chance_loss": math.log(num_classes)}`` for the divergence rule.
         interventions: Kick runs on quiet plateaus: ``True`` for the defaults, a list of kick
             kinds, or a mapping of ``grokschedule.core.kick_policy.KickConfig`` fields.
         predictor: The calibrated ``GrokPredictor`` behind P(grok) and ETA: ``True`` for the

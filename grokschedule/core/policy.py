@@ -2,7 +2,8 @@
 
 The rules, in order of precedence:
 
-1. diverged (non-finite or exploding loss)                 → STOP
+1. diverged (non-finite, or train loss back at chance
+   and staying there; never a slingshot that recovers)     → STOP
 2. target reached (grokked)                                 → STOP, or CONTINUE if configured
 3. with interventions: a kick that diverged or made training
    worse without recovering                                 → ROLLBACK
