@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from grokschedule.bench.bank import (
     GRID_COLUMNS,
     METRICS,
+    PRESETS,
     BankGrid,
     CurveBank,
     bank_main,
     generate_bank,
+    horizon_summary,
 )
 from grokschedule.bench.bank_models import (
     BatchedAdamW,
@@ -257,6 +259,12 @@ def test_resampled_first_report_only_after_memorization() -> None:
     np.testing.assert_array_equal(late.resampled(every=200).curve(0)["step"], [200, 400, 500])
 
 
+def test_horizon_summary_measures_room_after_memorization() -> None:
+    summary = horizon_summary(_toy_bank())  # memorized at steps 150 and 50 of 500
+    assert summary.startswith("memorized 2/3 rows; horizon / memorization step: median 7x, min 3x")
+    assert ">= 50x for 0; grokkers (val_acc >= 0.95) 3" in summary
+
+
 def test_saved_bank_keeps_late_first_reports(grokking_bank, tmp_path) -> None:
     _, bank = grokking_bank
     late = bank.resampled(every=80, first_after_memorization=True)
@@ -446,7 +454,7 @@ def test_cli_writes_a_bank_and_reports_throughput(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "bank: 4 models in 2 chunks" in printed
     assert "model-steps 80" in printed and "ms per model-step" in printed
-    assert "rows with non-finite values 0" in printed
+    assert "rows with non-finite values 0" in printed and "memorized" in printed
     bank = CurveBank.load(out)
     assert bank.grid["op"].tolist() == ["add", "add", "mul", "mul"]
     assert bank.steps.tolist() == [10, 20]
@@ -454,3 +462,24 @@ def test_cli_writes_a_bank_and_reports_throughput(tmp_path, capsys) -> None:
         with pytest.raises(SystemExit):
             bank_main(["--out", str(tmp_path / "bad.npz"), *bad])
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_cpu_span_preset_spans_what_users_run() -> None:
+    preset = PRESETS["cpu-span"]
+    rows = [row for grid in preset.grids for row in grid.rows()]
+    values = {column: {row[column] for row in rows} for column in GRID_COLUMNS}
+    assert values["arch"] == {"mlp", "transformer"} and values["optimizer"] == {"adamw", "sgd"}
+    assert values["op"] == {"add", "sub", "mul", "div", "x2y2"}
+    assert min(values["p"]) == 23 and max(values["p"]) >= 59
+    assert min(values["train_fraction"]) <= 0.2 and max(values["train_fraction"]) >= 0.8
+    assert min(values["weight_decay"]) == 0 and max(values["weight_decay"]) >= 3
+    assert len(values["embed_dim"]) >= 2 and len(values["hidden_dim"]) >= 3
+    assert len(values["lr"]) >= 3 and len(values["init_scale"]) >= 2
+    # AdamW memorizes p=23 within ~160 steps at these lrs: the horizon leaves 50x that.
+    assert preset.steps >= 50 * 160
+
+
+def test_preset_excludes_the_grid_flags(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bank_main(["--out", str(tmp_path / "b.npz"), "--preset", "cpu-span", "--ps", "23"])
+    assert "--preset excludes the grid flags" in capsys.readouterr().err

@@ -286,12 +286,7 @@ def generate_bank(
             "max_models_per_batch": max_models_per_batch,
         }
         store = ChunkStore(chunk_dir, manifest)
-    curves: dict[int, np.ndarray] = {}
-    if store is not None:
-        for chunk in chunks:
-            saved = store.load(chunk, (len(chunk.rows), len(at), len(METRICS)))
-            if saved is not None:
-                curves[chunk.index] = saved
+    curves = {} if store is None else _saved_curves(store, chunks, len(at))
     todo = [chunk for chunk in chunks if chunk.index not in curves][:max_new_chunks]
     cost = {chunk.index: chunk.step_cost() for chunk in chunks}
     with tqdm(
@@ -300,7 +295,7 @@ def generate_bank(
         disable=not bar,
         file=sys.stderr,
         bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}",
-        smoothing=0.05,
+        smoothing=0.05,  # chunks differ in speed: an ETA from the long-run rate is steadier
         dynamic_ncols=True,
     ) as meter:
         meter.set_postfix_str(f"{len(curves)}/{len(chunks)} chunks")
@@ -325,6 +320,18 @@ def generate_bank(
         grid={column: np.array([row[column] for row in rows]) for column in GRID_COLUMNS},
     )
     return bank.save(out_path)
+
+
+def _saved_curves(
+    store: ChunkStore, chunks: Sequence[Chunk], records: int
+) -> dict[int, np.ndarray]:
+    """The curves of the chunks a previous run finished, by chunk index."""
+    saved = {}
+    for chunk in chunks:
+        curves = store.load(chunk, (len(chunk.rows), records, len(METRICS)))
+        if curves is not None:
+            saved[chunk.index] = curves
+    return saved
 
 
 @dataclass
@@ -429,7 +436,7 @@ class CurveBank:
             arrays["report/first_record"] = self.first_record
         partial = path.with_name(path.name + ".partial")
         with open(partial, "wb") as file:
-            np.savez_compressed(file, **arrays)
+            np.savez_compressed(file, allow_pickle=False, **arrays)
         partial.replace(path)
         return path
 
@@ -501,7 +508,75 @@ class BankPreset:
     about: str
 
 
-PRESETS: dict[str, BankPreset] = {}
+def _cpu_span() -> BankPreset:
+    """What users run, at widths a 2-core CPU trains in about half an hour (``--jobs 2``).
+
+    8,000 steps is ≥ 50× the memorization step of the AdamW rows (AdamW memorizes p=23 in
+    40-220 steps at lr 1e-3-3e-3), so late grokkers have room; SGD-momentum on the transformer
+    memorizes only after ~1,000 steps, so its few rows see ~8× that. SGD's weight decay is L2 on
+    the gradient: lr × wd per step is then of the size of AdamW's decoupled lr × wd."""
+    p23 = BankGrid(ps=(23,), seeds=(0,), embed_dims=(32,), hidden_dims=(128,))
+    ops = ("add", "sub", "mul", "div", "x2y2")
+    adamw = dataclasses.replace(p23, weight_decays=(0.0, 0.3, 1.0, 3.0), lrs=(1e-3, 3e-3))
+    transformer = dataclasses.replace(p23, archs=("transformer",), hidden_dims=(64,))
+    grids = (
+        # The core: every op, train fraction 0.2-0.8, weight decay 0-3.
+        dataclasses.replace(adamw, ops=ops, train_fractions=(0.2, 0.5, 0.8)),
+        # Large inits: long memorization plateaus, late grokkers (Omnigrok).
+        dataclasses.replace(
+            adamw,
+            ops=("add", "sub", "mul", "x2y2"),
+            train_fractions=(0.35, 0.65),
+            weight_decays=(0.3, 1.0, 3.0),
+            lrs=(1e-3,),
+            init_scales=(2.0, 3.0),
+        ),
+        dataclasses.replace(
+            p23,
+            optimizers=("sgd",),
+            ops=("add", "sub", "mul", "x2y2"),
+            train_fractions=(0.3, 0.6),
+            weight_decays=(0.0, 3e-3, 1e-2, 3e-2),
+            lrs=(0.3, 1.0),
+            momentums=(0.9,),
+        ),
+        # Larger moduli.
+        dataclasses.replace(
+            adamw,
+            ops=("add", "mul", "x2y2"),
+            ps=(31, 43, 59),
+            train_fractions=(0.3,),
+            weight_decays=(0.3, 1.0),
+            lrs=(3e-3,),
+        ),
+        # Other widths.
+        dataclasses.replace(
+            adamw,
+            ops=("add", "mul"),
+            weight_decays=(0.3, 1.0),
+            lrs=(1e-3,),
+            embed_dims=(16, 64),
+            hidden_dims=(64, 256),
+        ),
+        dataclasses.replace(
+            transformer,
+            ops=("add", "x2y2"),
+            train_fractions=(0.3, 0.5),
+            weight_decays=(0.3, 1.0, 3.0),
+            lrs=(1e-3,),
+        ),
+        dataclasses.replace(
+            transformer,
+            optimizers=("sgd",),
+            weight_decays=(1e-3, 1e-2),
+            lrs=(0.01, 0.02),
+            momentums=(0.9,),
+        ),
+    )
+    return BankPreset(grids, 8_000, 25, 24, "CPU spanning bank, about 30 min with --jobs 2")
+
+
+PRESETS: dict[str, BankPreset] = {"cpu-span": _cpu_span()}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -551,7 +626,9 @@ def _preset_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
             parser.error(f"--preset excludes the grid flags, got {given}")
         preset = PRESETS[args.preset]
     else:
-        axes = {name: tuple(getattr(args, name) or args.grid_defaults[name]) for name in AXES}
+        axes: dict[str, Any] = {
+            name: tuple(getattr(args, name) or args.grid_defaults[name]) for name in AXES
+        }
         preset = BankPreset((BankGrid(**axes),), 5_000, 50, 256, "from the command line")
     overrides = {
         name: getattr(args, name)
@@ -610,4 +687,20 @@ def bank_main(argv: list[str] | None = None) -> int:
     bank = CurveBank.load(path)
     finite = np.all([np.isfinite(values).all(1) for values in bank.metrics.values()], axis=0)
     print(f"wrote {path}: models {len(bank)}, rows with non-finite values {int((~finite).sum())}")
+    print(horizon_summary(bank))
     return 0
+
+
+def horizon_summary(bank: CurveBank) -> str:
+    """How far past memorization the bank's horizon reaches: late grokkers need room."""
+    memorized = bank.metrics["train_acc"] >= MEMORIZED_AT
+    rows = np.flatnonzero(memorized.any(1))
+    grokkers = sum(bank.grok_step(i) is not None for i in range(len(bank)))
+    if not len(rows):
+        return f"no row memorized (train_acc >= {MEMORIZED_AT}); grokkers {grokkers}"
+    ratio = bank.steps[-1] / bank.steps[memorized[rows].argmax(1)]
+    return (
+        f"memorized {len(rows)}/{len(bank)} rows; horizon / memorization step: median "
+        f"{np.median(ratio):.0f}x, min {ratio.min():.0f}x, >= 50x for {int((ratio >= 50).sum())}"
+        f"; grokkers (val_acc >= 0.95) {grokkers}"
+    )

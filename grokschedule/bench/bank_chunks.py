@@ -16,6 +16,7 @@ import queue
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ class ChunkStore:
         path = self.directory / chunk.file_name
         if not path.exists():
             return None
-        curves = np.load(path, allow_pickle=False)
+        curves: np.ndarray = np.load(path, allow_pickle=False)
         if curves.shape != shape:
             raise ValueError(f"{path} holds curves of shape {curves.shape}, expected {shape}")
         return curves
@@ -189,10 +190,7 @@ def train_chunks(
     none is left running alone at the end. ``advance(chunk, n)`` hears of every ``n`` steps."""
     if jobs == 1:
         for chunk in chunks:
-            yield (
-                chunk,
-                train_chunk(chunk, steps, record_every, device, lambda n, c=chunk: advance(c, n)),
-            )
+            yield chunk, train_chunk(chunk, steps, record_every, device, partial(advance, chunk))
         return
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     progress: Any = context.Queue()
