@@ -388,6 +388,8 @@ def test_generate_bank_rejects_bad_arguments(tmp_path) -> None:
         generate_bank(BankGrid(), 10, 5, tmp_path / "b.npz", jobs=0)
     with pytest.raises(ValueError, match="max_new_chunks"):
         generate_bank(BankGrid(), 10, 5, tmp_path / "b.npz", max_new_chunks=-1)
+    with pytest.raises(ValueError, match="needs a chunk_dir"):
+        generate_bank(BankGrid(), 10, 5, tmp_path / "b.npz", max_new_chunks=1)
     with pytest.raises(ValueError, match="grid must be"):
         generate_bank([], 10, 5, tmp_path / "b.npz")
     assert not list(tmp_path.iterdir())
@@ -428,7 +430,6 @@ def test_a_chunk_dir_belongs_to_one_bank(tmp_path) -> None:
         _tiny([TINY_SGD], tmp_path / "b.npz", chunk_dir=tmp_path / "chunks")
 
 
-@pytest.mark.slow  # spawning two workers that import torch takes seconds
 def test_worker_processes_make_the_same_bank(tmp_path) -> None:
     whole = _tiny([TINY, TINY_SGD], tmp_path / "whole.npz")
     parallel = _tiny([TINY, TINY_SGD], tmp_path / "parallel.npz", jobs=2)
@@ -458,7 +459,8 @@ def test_cli_writes_a_bank_and_reports_throughput(tmp_path, capsys) -> None:
     bank = CurveBank.load(out)
     assert bank.grid["op"].tolist() == ["add", "add", "mul", "mul"]
     assert bank.steps.tolist() == [10, 20]
-    for bad in (["--ps", "4"], ["--steps", "0"], ["--jobs", "0"], ["--archs", "moe"]):
+    bad_args = (["--ps", "4"], ["--steps", "0"], ["--jobs", "0"], ["--archs", "moe"])
+    for bad in (*bad_args, ["--max-new-chunks", "1"]):
         with pytest.raises(SystemExit):
             bank_main(["--out", str(tmp_path / "bad.npz"), *bad])
     assert not (tmp_path / "bad.npz").exists()

@@ -275,6 +275,8 @@ def generate_bank(
     _check_run(steps, record_every, max_models_per_batch, jobs)
     if max_new_chunks is not None and (not isinstance(max_new_chunks, int) or max_new_chunks < 0):
         raise ValueError(f"max_new_chunks must be an int >= 0 or None, got {max_new_chunks!r}")
+    if max_new_chunks is not None and chunk_dir is None:
+        raise ValueError("max_new_chunks needs a chunk_dir to keep the chunks it trains")
     chunks = plan_chunks(grids, max_models_per_batch)
     at = record_steps(steps, record_every)
     store = None
@@ -648,8 +650,8 @@ def bank_main(argv: list[str] | None = None) -> int:
         _check_run(preset.steps, preset.record_every, preset.max_models_per_batch, args.jobs)
     except ValueError as error:
         parser.error(str(error))
-    if args.max_new_chunks is not None and args.max_new_chunks < 0:
-        parser.error(f"--max-new-chunks must be >= 0, got {args.max_new_chunks}")
+    if args.max_new_chunks is not None and (args.max_new_chunks < 0 or args.chunk_dir is None):
+        parser.error("--max-new-chunks takes a number >= 0 and needs --chunk-dir")
     rows = sum(len(grid.rows()) for grid in preset.grids)
     chunks = plan_chunks(preset.grids, preset.max_models_per_batch)
     print(f"bank: {rows} models in {len(chunks)} chunks, {preset.steps} steps ({preset.about})")
@@ -660,19 +662,24 @@ def bank_main(argv: list[str] | None = None) -> int:
         trained.append(chunk)
         tqdm.write(f"{chunk} of {len(chunks)}", file=sys.stdout)
 
-    path = generate_bank(
-        preset.grids,
-        preset.steps,
-        preset.record_every,
-        args.out,
-        args.device,
-        preset.max_models_per_batch,
-        progress,
-        chunk_dir=args.chunk_dir,
-        max_new_chunks=args.max_new_chunks,
-        jobs=args.jobs,
-        bar=not args.no_bar,
-    )
+    try:
+        path = generate_bank(
+            preset.grids,
+            preset.steps,
+            preset.record_every,
+            args.out,
+            args.device,
+            preset.max_models_per_batch,
+            progress,
+            chunk_dir=args.chunk_dir,
+            max_new_chunks=args.max_new_chunks,
+            jobs=args.jobs,
+            bar=not args.no_bar,
+        )
+    except KeyboardInterrupt:
+        kept = f"kept in {args.chunk_dir}; rerun to continue" if args.chunk_dir else "not kept"
+        print(f"interrupted after {len(trained)} new chunks ({kept})")
+        return 130
     wall = time.perf_counter() - began
     model_steps = sum(len(chunk.rows) for chunk in trained) * preset.steps
     if model_steps:
@@ -682,7 +689,7 @@ def bank_main(argv: list[str] | None = None) -> int:
             f"{wall / model_steps * 1e3:.3f} ms per model-step"
         )
     if path is None:
-        print(f"{len(chunks) - len(trained)} or fewer chunks left; rerun to continue")
+        print(f"stopped with chunks left in {args.chunk_dir}; rerun the same command to continue")
         return 0
     bank = CurveBank.load(path)
     finite = np.all([np.isfinite(values).all(1) for values in bank.metrics.values()], axis=0)

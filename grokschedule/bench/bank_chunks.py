@@ -197,9 +197,10 @@ def train_chunks(
     threads = max(1, torch.get_num_threads() // jobs)
     by_index = {chunk.index: chunk for chunk in chunks}
     order = sorted(chunks, key=lambda chunk: -chunk.step_cost())
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         jobs, mp_context=context, initializer=_init_worker, initargs=(progress, threads)
-    ) as pool:
+    )
+    try:
         pending: dict[Future[np.ndarray], Chunk] = {
             pool.submit(_train_in_worker, chunk, steps, record_every, device): chunk
             for chunk in order
@@ -210,6 +211,8 @@ def train_chunks(
                 advance(by_index[index], n)
             for future in finished:
                 yield pending.pop(future), future.result()
+    finally:  # on Ctrl-C or an error, start no more chunks (the finished ones are saved)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _drain(progress: Any) -> Iterable[tuple[int, int]]:
