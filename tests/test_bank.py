@@ -437,6 +437,17 @@ def test_worker_processes_make_the_same_bank(tmp_path) -> None:
     assert parallel.read_bytes() == whole.read_bytes()
 
 
+def test_chunks_train_on_one_thread_whatever_the_process_uses(tmp_path) -> None:
+    one = _tiny([TINY_SGD], tmp_path / "one.npz")
+    torch.set_num_threads(2)
+    try:
+        two = _tiny([TINY_SGD], tmp_path / "two.npz")
+        assert torch.get_num_threads() == 2  # put back afterwards
+    finally:
+        torch.set_num_threads(1)
+    assert one is not None and two is not None and one.read_bytes() == two.read_bytes()
+
+
 def test_progress_bar_and_chunk_reports(tmp_path, capsys) -> None:
     seen = []
     _tiny([TINY], tmp_path / "b.npz", progress=seen.append, bar=True)

@@ -614,7 +614,10 @@ def _parser() -> argparse.ArgumentParser:
         "--max-new-chunks", type=int, help="train at most this many chunks in this run, then stop"
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="worker processes, each with threads/jobs threads"
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes training chunks side by side (each on one thread)",
     )
     parser.add_argument("--no-bar", action="store_true", help="no progress bar on stderr")
     return parser

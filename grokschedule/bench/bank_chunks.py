@@ -9,6 +9,7 @@ worker processes can train chunks side by side (``jobs``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -80,8 +81,9 @@ def train_chunk(
     device: str = "cpu",
     advance: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Train the chunk's models for ``steps`` full-batch steps; their curves as float32
-    (models, records, len(METRICS)). ``advance(n)`` is told after every ``n`` steps taken."""
+    """Train the chunk's models for ``steps`` full-batch steps, on one thread with subnormals
+    flushed; their curves as float32 (models, records, len(METRICS)). ``advance(n)`` is told
+    after every ``n`` steps taken."""
     rows = chunk.rows
     first = rows[0]
     x_train, y_train, x_val, y_val = (tensor.to(device) for tensor in chunk.task().split())
@@ -102,7 +104,7 @@ def train_chunk(
     at = record_steps(steps, record_every)
     recorded = torch.empty(len(rows), len(at), len(METRICS), device=device)
     done = 0
-    with flush_denormals():
+    with flush_denormals(), one_thread():
         for index, until in enumerate(at):
             for _ in range(until - done):
                 batch.step(x_train, y_train)
@@ -111,6 +113,20 @@ def train_chunk(
             done = int(until)
             recorded[:, index] = batch.metrics(x_train, y_train, x_val, y_val)
     return recorded.cpu().numpy()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Train a chunk on one CPU thread, then put the thread count back. Summation order then
+    does not depend on the machine's thread count, so a grid gives the same bits everywhere on
+    one torch build; and these small batched ops ran 3-6x slower on two threads than on one on
+    a busy 2-core box. Parallelism comes from ``jobs`` worker processes instead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _json_normal(value: Any) -> Any:
@@ -164,10 +180,9 @@ def _write_atomic(path: Path, write: Callable[[Any], object]) -> None:
 _progress_queue: Any = None
 
 
-def _init_worker(progress_queue: Any, threads: int) -> None:
+def _init_worker(progress_queue: Any) -> None:
     global _progress_queue
     _progress_queue = progress_queue
-    torch.set_num_threads(threads)
 
 
 def _train_in_worker(chunk: Chunk, steps: int, record_every: int, device: str) -> np.ndarray:
@@ -186,19 +201,18 @@ def train_chunks(
     advance: Callable[[Chunk, int], None],
 ) -> Iterator[tuple[Chunk, np.ndarray]]:
     """Train ``chunks`` and yield each with its curves as it finishes: in this process for one
-    job, else in ``jobs`` spawned processes sharing this one's threads, longest chunks first so
-    none is left running alone at the end. ``advance(chunk, n)`` hears of every ``n`` steps."""
+    job, else in ``jobs`` spawned processes, longest chunks first so none is left running alone
+    at the end. ``advance(chunk, n)`` hears of every ``n`` steps."""
     if jobs == 1:
         for chunk in chunks:
             yield chunk, train_chunk(chunk, steps, record_every, device, partial(advance, chunk))
         return
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     progress: Any = context.Queue()
-    threads = max(1, torch.get_num_threads() // jobs)
     by_index = {chunk.index: chunk for chunk in chunks}
     order = sorted(chunks, key=lambda chunk: -chunk.step_cost())
     pool = ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_init_worker, initargs=(progress, threads)
+        jobs, mp_context=context, initializer=_init_worker, initargs=(progress,)
     )
     try:
         pending: dict[Future[np.ndarray], Chunk] = {
