@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grokschedule.bench.bank_models import METRICS, ModelBatch, flush_denormals, model_step_flops
+from grokschedule.bench.bank_models import METRICS, ModelBatch, flush_denormals, model_step_cost
 from grokschedule.training.modular.task import ModularTask
 
 Row = Mapping[str, Any]
@@ -38,15 +38,11 @@ def record_steps(steps: int, record_every: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Bank rows ``start:stop``, which share their task and model shapes."""
+    """Bank rows ``start:start + len(rows)``, which share their task and model shapes."""
 
     index: int
     start: int
     rows: tuple[Row, ...]
-
-    @property
-    def stop(self) -> int:
-        return self.start + len(self.rows)
 
     @property
     def file_name(self) -> str:
@@ -57,12 +53,12 @@ class Chunk:
         return ModularTask(first["op"], first["p"], first["train_fraction"], first["seed"])
 
     def step_cost(self) -> float:
-        """Rough multiply-adds of one step of every model in the chunk (for the ETA)."""
+        """Rough cost of one step of every model in the chunk (for the ETA and job order)."""
         first, n_train = self.rows[0], len(self.task().split()[0])
-        flops = model_step_flops(
+        cost = model_step_cost(
             first["arch"], first["p"], first["embed_dim"], first["hidden_dim"], n_train
         )
-        return flops * len(self.rows)
+        return cost * len(self.rows)
 
     def __str__(self) -> str:
         first = self.rows[0]
@@ -170,10 +166,10 @@ class ChunkStore:
 
 
 def _write_atomic(path: Path, write: Callable[[Any], object]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as file:
+    temporary = path.with_name(path.name + ".partial")
+    with open(temporary, "wb") as file:
         write(file)
-    os.replace(partial, path)
+    os.replace(temporary, path)
 
 
 # Set in each worker process by _init_worker: where to send (chunk index, steps taken).
