@@ -104,7 +104,9 @@ class ModularTransformer(nn.Module):
         self.out = nn.Linear(embed_dim, p)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        equals = torch.full((len(pairs), 1), self.equals_token, dtype=pairs.dtype, device=pairs.device)
+        equals = torch.full(
+            (len(pairs), 1), self.equals_token, dtype=pairs.dtype, device=pairs.device
+        )
         sequence = self.embed(torch.cat([pairs, equals], dim=1)) + self.position
         return self.out(self.block(sequence)[:, -1])
 
