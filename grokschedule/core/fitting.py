@@ -1,4 +1,5 @@
-"""Offline fitting for the grok predictor: sign-constrained logistic and ridge regression, AUROC.
+"""Offline fitting for the grok predictor: sign-constrained logistic, ridge and median regression,
+and AUROC.
 
 Pure numpy, so a predictor can be refitted (``grokschedule bench predictor``) wherever the core
 runs, and so ``SweepAdaptivePredictor`` can refit during a sweep; the runtime predictor
@@ -121,6 +122,28 @@ def fit_ridge(
     penalty[0] = 0.0
     lhs = (design * weight[:, None]).T @ design + np.diag(penalty) + 1e-9 * np.eye(len(penalty))
     return np.asarray(np.linalg.solve(lhs, (design * weight[:, None]).T @ y), dtype=np.float64)
+
+
+def fit_median(
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    weight: NDArray[np.float64],
+    l2: float,
+    iterations: int = 50,
+) -> NDArray[np.float64]:
+    """Weighted least-absolute-deviation (median) regression with a ridge penalty, by iteratively
+    reweighted least squares from the ridge fit; column 0 of the result is the intercept. For a
+    target judged by its median error (the ETA), the median fit, not the mean, is the one to
+    make: a few runs that grok very late do not drag every estimate later."""
+    beta = fit_ridge(x, y, weight, l2)
+    design = np.column_stack([np.ones(len(x)), x])
+    for _ in range(iterations):
+        residual = np.abs(y - design @ beta)
+        updated = fit_ridge(x, y, weight / np.maximum(residual, 1e-3), l2)
+        if np.max(np.abs(updated - beta)) < 1e-6:
+            return updated
+        beta = updated
+    return beta
 
 
 def auroc(scores: NDArray[np.float64], labels: NDArray[np.float64]) -> float:
