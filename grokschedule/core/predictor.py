@@ -210,7 +210,7 @@ def _logit(p: NDArray[np.float64] | float, eps: float) -> Any:
 def _log_ratio(now: float, then: float) -> float:
     """``ln(now / then)`` for positive finite values, else NaN."""
     if math.isfinite(now) and math.isfinite(then) and now > 0 and then > 0:
-        return math.log(now / then)
+        return math.log(now) - math.log(then)  # the quotient may underflow or overflow
     return math.nan
 
 
