@@ -152,6 +152,8 @@ def test_a_refit_is_cheap_and_happens_only_when_an_outcome_arrived() -> None:
 
 def test_only_predictions_made_after_memorization_can_be_learned_from() -> None:
     adaptive = SweepAdaptivePredictor(PRIOR)
+    adaptive.refit()  # nothing observed: the prior's coefficients
+    assert np.array_equal(adaptive.coef, PRIOR.coef)
     early = Prediction(0.5, None, {"memorized": 0.0}, {}, None, 50.0)
     grokked = Prediction(1.0, 0.0, {"val_acc": 0.97}, {}, 100.0, 900.0)
     for prediction in (early, grokked):

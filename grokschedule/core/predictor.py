@@ -596,9 +596,11 @@ class GrokPredictor:
         return _sigmoid(min(lows)), _sigmoid(max(highs))
 
     def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Each coefficient's bounds from the features' signs (intercept and flags free)."""
+        """Each coefficient's bounds from the features' signs the file was fitted under (the
+        ``FEATURES`` table's unless it says otherwise); intercept and flags free."""
         ramps = len(self.knots[0]) - 1
-        signs = np.repeat([FEATURES[n].sign for n in self.features], ramps)
+        fitted = {n: FEATURES[n].sign for n in self.features} | dict(self.params.get("signs", {}))
+        signs = np.repeat([int(fitted[n]) for n in self.features], ramps)
         signs = np.r_[0, signs, np.zeros(len(self.flags))]
         lower = np.where(signs > 0, 0.0, -math.inf)
         upper = np.where(signs < 0, 0.0, math.inf)
@@ -613,10 +615,9 @@ class SweepAdaptivePredictor(GrokPredictor):
     prediction) as the MAP logistic regression under a Gaussian prior centred on ``prior``'s
     coefficients, with covariance the prior's bootstrap covariance plus ``prior_sd``² per
     coefficient and ``intercept_sd``² on the intercept (the sweep may differ from the banks,
-    its base rate most) — so a handful of outcomes moves it a
-    little and many move it more — and the features' sign bounds kept. The interval comes from
-    that covariance, then from the posterior (Laplace) one: it starts wider than the prior's
-    and narrows as outcomes arrive.
+    its base rate most) — so a handful of outcomes moves it a little and many move it more —
+    and the features' sign bounds kept. The interval comes from that covariance, then from the
+    posterior (Laplace) one: it starts wider than the prior's and narrows as outcomes arrive.
 
     Record only outcomes that were observed, not caused: a trial that grokked, or one that ran
     its whole budget without grokking. A trial stopped on a low P(grok) has no outcome; counting
@@ -637,6 +638,7 @@ class SweepAdaptivePredictor(GrokPredictor):
         shift = np.full(len(self.coef), prior_sd**2)
         shift[0] = intercept_sd**2
         self.cov = self.cov + np.diag(shift)
+        self.prior_cov = self.cov.copy()
         self.prior_precision = np.linalg.inv(self.cov)
         self.rows: list[NDArray[np.float64]] = []
         self.labels: list[float] = []
@@ -671,6 +673,10 @@ class SweepAdaptivePredictor(GrokPredictor):
 
     def refit(self) -> None:
         """The MAP coefficients and their Laplace covariance from the outcomes so far."""
+        self._stale = False
+        if not self.rows:
+            self.coef, self.cov = self.prior_coef.copy(), self.prior_cov.copy()
+            return
         x = np.array(self.rows)
         y = np.array(self.labels)
         lower, upper = self.bounds()
@@ -686,4 +692,3 @@ class SweepAdaptivePredictor(GrokPredictor):
         p = 1 / (1 + np.exp(-np.clip(x @ self.coef, -30, 30)))
         hessian = (x * (p * (1 - p))[:, None]).T @ x + self.prior_precision
         self.cov = np.linalg.inv(hessian)
-        self._stale = False
