@@ -1,5 +1,6 @@
-"""GrokPredictor: the public API, its errors, the shipped coefficients, bounded memory, and that
-it ranks recorded grokkers above recorded memorizers (curves it was not fitted on)."""
+"""GrokPredictor: the public API, its errors, the shipped coefficients and their signs, the
+interval and the out-of-range check, bounded memory, the sign-constrained fit, and that it ranks
+recorded grokkers above recorded memorizers (curves it was not fitted on)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ import numpy as np
 import pytest
 
 import grokschedule
-from grokschedule.core.fitting import auroc, fit_logistic
-from grokschedule.core.predictor import FEATURES, FLAGS, GrokHistory, GrokPredictor, Prediction
+from grokschedule.core.fitting import auroc, fit_logistic, fit_median, fit_ridge
+from grokschedule.core.predictor import (
+    AGAINST_GROK,
+    FEATURES,
+    FLAGS,
+    FOR_GROK,
+    FORMAT,
+    GrokHistory,
+    GrokPredictor,
+    Prediction,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +47,41 @@ def test_from_default_loads_the_shipped_file_and_is_exported(predictor) -> None:
     trained = predictor.params["trained_on"]
     assert trained["curves"] >= 16 and 0 < trained["grokkers"] < trained["curves"]
     assert 0.0 < predictor.recommended_stop_below <= 0.2
-    assert set(predictor.params["evaluation"]) >= {"full @2x", "full @4x"}
+    assert predictor.params["policy"]["applies_to"] == "p_high"
+    worst = predictor.params["evaluation"]["worst"]
+    assert {"full @2x auroc", "full @4x auroc", "every 5th report @2x auroc"} <= set(worst)
+    assert len(predictor.params["classifier"]["bootstrap"]) >= 8
+
+
+def test_shipped_coefficients_keep_each_features_sign(predictor) -> None:
+    """A signed feature's shape is monotone the right way: every ramp weight has its sign."""
+    weights_by_feature = predictor.params["classifier"]["weights"]
+    for name, weights in zip(predictor.features, weights_by_feature, strict=True):
+        sign = FEATURES[name].sign
+        if sign == FOR_GROK:
+            assert min(weights) >= 0, (name, weights)
+        elif sign == AGAINST_GROK:
+            assert max(weights) <= 0, (name, weights)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, f in FEATURES.items() if f.sign != 0 and n != "zero_loss_share"]
+)
+def test_a_signal_moving_toward_grokking_never_lowers_p_grok(
+    predictor, recorded_curves, name
+) -> None:
+    """Falling validation loss, rising correct-class probability, gained accuracy, decaying
+    norm: moving one such feature its good way from a real reading never lowers P(grok)."""
+    curve = recorded_curves["nogrok_p47_wd01"]
+    history = predictor.new_history()
+    for i, step in enumerate(curve["step"][:16]):
+        history.append(step, {k: v[i] for k, v in curve.items() if k != "step"})
+    values, missing = history.features()
+    k = predictor.features.index(name)
+    spread = predictor.scale[k] * (predictor.knots[k, -1] - predictor.knots[k, 0])
+    sweep = values[name] + FEATURES[name].sign * np.linspace(-spread, spread, 41)
+    p = [predictor.predict_features(values | {name: float(v)}, missing).p_grok for v in sweep]
+    assert np.all(np.diff(p) >= 0), (name, p)
 
 
 def test_predict_returns_a_probability_an_eta_and_named_evidence(predictor, recorded_curves):
@@ -50,6 +94,11 @@ def test_predict_returns_a_probability_an_eta_and_named_evidence(predictor, reco
     assert "val_loss_slope" in prediction.evidence
     assert set(prediction.contributions) == set(predictor.features)  # nothing missing here
     assert prediction.describe().startswith(f"P(grok) {prediction.p_grok:.2f}")
+    assert 0.0 <= prediction.p_low <= prediction.p_grok <= prediction.p_high <= 1.0
+    assert prediction.p_high > prediction.p_low  # the bootstrap spread is not zero
+    assert prediction.confidently_below(prediction.p_high + 1e-9)
+    assert not prediction.confidently_below(prediction.p_high)
+    assert prediction.missing == () and prediction.out_of_range == ()
     if prediction.p_grok >= 0.5:
         assert prediction.eta_steps is not None and prediction.eta_steps > 0
 
@@ -74,8 +123,29 @@ def test_before_memorization_and_after_grokking(predictor, recorded_curves) -> N
     early = predictor.predict(_prefix(curve, 50))
     assert early.memorized_step is None and early.eta_steps is None
     assert early.p_grok == pytest.approx(predictor.prior)
+    assert (early.p_low, early.p_high) == (0.0, 1.0)  # nothing read yet: no confidence
     done = predictor.predict(_prefix(curve, 4450))
     assert (done.p_grok, done.eta_steps) == (1.0, 0.0)
+    assert done.p_low == done.p_high == 1.0
+
+
+def test_a_feature_far_outside_the_fitted_range_is_flagged_and_widens_the_interval(
+    predictor, recorded_curves
+) -> None:
+    curve = recorded_curves["grokker_p47_wd1"]
+    history = predictor.new_history()
+    for i, step in enumerate(curve["step"][:8]):
+        history.append(step, {k: v[i] for k, v in curve.items() if k != "step"})
+    values, missing = history.features()
+    inside = predictor.predict_features(values, missing)
+    k = predictor.features.index("val_loss_slope")
+    far = predictor.mean[k] + predictor.scale[k] * (predictor.knots[k, -1] + 10)
+    outside = predictor.predict_features(values | {"val_loss_slope": far}, missing)
+    ignored = predictor.predict_features(values | {"val_loss_slope": math.nan}, missing)
+    assert outside.out_of_range == ("val_loss_slope",) and inside.out_of_range == ()
+    assert "out of range: val_loss_slope" in outside.describe()
+    assert outside.p_low <= min(outside.p_grok, ignored.p_grok)
+    assert outside.p_high >= max(outside.p_grok, ignored.p_high) - 1e-4
 
 
 def test_online_history_matches_the_mapping_and_stays_bounded(predictor, recorded_curves) -> None:
@@ -136,12 +206,19 @@ def test_json_round_trip_and_bad_files(predictor, tmp_path) -> None:
     again = GrokPredictor.from_json(path)
     assert again.params == predictor.params
     assert GrokPredictor.from_json(path.read_text()).params == predictor.params
+    assert again.params["format"] == FORMAT
     with pytest.raises(ValueError, match="format"):
         GrokPredictor({"format": "something else"})
+    with pytest.raises(ValueError, match=r"no longer read.*bench predictor"):
+        GrokPredictor({"format": "grokschedule.grok_predictor/1", "features": []})
     broken = json.loads(path.read_text())
     broken["classifier"]["weights"] = broken["classifier"]["weights"][:-1]
     with pytest.raises(ValueError, match="lengths"):
         GrokPredictor(broken)
+    unsorted = json.loads(path.read_text())
+    unsorted["knots"][0] = unsorted["knots"][0][::-1]
+    with pytest.raises(ValueError, match="sorted"):
+        GrokPredictor(unsorted)
 
 
 def test_newton_logistic_fit_and_auroc() -> None:
@@ -158,48 +235,58 @@ def test_newton_logistic_fit_and_auroc() -> None:
     assert auroc(np.array([0.1, 0.1]), np.array([1.0, 0.0])) == 0.5
 
 
-def test_bench_predictor_fits_a_bank_and_judges_held_out_ops(tmp_path, capsys) -> None:
-    """``grokschedule bench predictor`` end to end on a five-curve bank made from tests/data (two
-    ops, each holding a grokker and a non-grokker, so each fold trains on both classes)."""
-    from conftest import DATA
+def test_median_regression_ignores_a_late_tail_that_drags_the_mean() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2000, 1))
+    y = 1.0 + 0.5 * x[:, 0] + rng.laplace(scale=0.1, size=2000)
+    y[:200] += 5.0  # one run in ten groks far later than its signals say
+    median = fit_median(x, y, np.ones(2000), 1e-6)
+    mean = fit_ridge(x, y, np.ones(2000), 1e-6)
+    assert median == pytest.approx([1.0, 0.5], abs=0.05)
+    assert mean[0] > 1.3
 
-    from grokschedule.bench.bank import CONTRACT_NAMES, GRID_COLUMNS, METRICS, CurveBank
-    from grokschedule.cli import main
 
-    ops = {
-        "grokker_p47_wd1": "add",
-        "memorizer_p47_wd0": "add",
-        "slow_grokker_p59_f04": "add",  # groks at 4,450: a non-grokker within 3,000 steps
-        "delayed_grokker_p47_small": "sub",
-        "nogrok_p47_wd01": "sub",
-    }
-    raw = json.loads((DATA / "recorded_curves.json").read_text())
-    curves = [{k: v[:60] for k, v in raw[name]["curve"].items()} for name in ops]
-    arrays = {"step": np.array(curves[0]["step"])}
-    for name in METRICS:
-        arrays[f"metric/{name}"] = np.array([c[CONTRACT_NAMES[name]] for c in curves], "float32")
-    for column in GRID_COLUMNS:
-        values = list(ops.values()) if column == "op" else [47] * len(ops)
-        arrays[f"grid/{column}"] = np.array(values)
-    np.savez(tmp_path / "bank.npz", **arrays)
-    assert [CurveBank.load(tmp_path / "bank.npz").grok_step(i) for i in range(5)] == [
-        1650,
-        None,
-        None,
-        2400,
-        None,
-    ]
+def _kkt(x, y, beta, l2, lower, upper):
+    """The constrained optimum's conditions: zero gradient where free, pointing out at a bound."""
+    design = np.column_stack([np.ones(len(x)), x])
+    p = 1 / (1 + np.exp(-(design @ beta)))
+    gradient = design.T @ (p - y) + l2 * np.r_[0.0, beta[1:]]
+    at_lower, at_upper = beta <= lower + 1e-9, beta >= upper - 1e-9
+    free = ~(at_lower | at_upper)
+    assert np.all(np.abs(gradient[free]) < 1e-5), gradient[free]
+    assert np.all(gradient[at_lower] >= -1e-5) and np.all(gradient[at_upper] <= 1e-5)
 
-    out, report = tmp_path / "predictor.json", tmp_path / "report.json"
-    argv = ["bench", "predictor", "--bank", str(tmp_path / "bank.npz")]
-    assert main([*argv, "--out", str(out), "--report", str(report)]) == 0
-    table = capsys.readouterr().out
-    assert "| 2× memorization | full |" in table and "| 4× memorization | full |" in table
-    fitted = GrokPredictor.from_json(out)
-    assert fitted.params["trained_on"]["curves"] == 5
-    assert fitted.params["trained_on"]["ops"] == ["add", "sub"]
-    results = json.loads(report.read_text())["results"]
-    assert {(r["ratio"], r["variant"]) for r in results} >= {(2.0, "full"), (4.0, "full")}
-    for r in results:
-        assert r["runs"] == 5 and r["grokkers"] == 2
-        assert 0.0 <= r["brier"] <= 1.0 and sum(b["n"] for b in r["reliability"]) == 5
+
+def test_sign_bounds_hold_and_the_fit_is_the_constrained_optimum() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 4))
+    x[:, 1] += 0.8 * x[:, 0]  # correlated, so a bound moves the other coefficients
+    true = np.array([0.3, 1.5, -1.0, 0.7, -0.4])
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(true[0] + x @ true[1:])))).astype(float)
+    lower = np.array([-np.inf, -np.inf, 0.0, -np.inf, 0.0])  # columns 2 and 4 may not go negative
+    upper = np.array([np.inf, np.inf, np.inf, 0.0, np.inf])  # column 3 may not go positive
+    beta = fit_logistic(x, y, np.ones(3000), 0.1, lower=lower, upper=upper)
+    assert np.all(beta >= lower) and np.all(beta <= upper)
+    assert beta[2] == 0.0 and beta[4] == 0.0 and beta[3] == 0.0  # the data pull the wrong way
+    _kkt(x, y, beta, 0.1, lower, upper)
+    free = fit_logistic(x, y, np.ones(3000), 0.1)
+    _kkt(x, y, free, 0.1, np.full(5, -np.inf), np.full(5, np.inf))
+    assert free[2] < 0 and free[3] > 0  # unconstrained, the signs would flip
+
+
+def test_a_centred_prior_pulls_the_fit_toward_its_centre() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 2))
+    y = (rng.random(200) < 1 / (1 + np.exp(-(x @ [2.0, -2.0])))).astype(float)
+    centre = np.array([1.0, 0.0, 0.0])
+    stiff = fit_logistic(x, y, np.ones(200), np.full(3, 1e6), center=centre)
+    assert stiff == pytest.approx(centre, abs=1e-3)
+    loose = fit_logistic(x, y, np.ones(200), np.full(3, 1e-6), center=centre)
+    assert loose[1] > 1.0 and loose[2] < -1.0
+    as_matrix = fit_logistic(x, y, np.ones(200), np.diag([1.0, 2.0, 3.0]), center=centre)
+    as_vector = fit_logistic(x, y, np.ones(200), np.array([1.0, 2.0, 3.0]), center=centre)
+    assert as_matrix == pytest.approx(as_vector, abs=1e-8)
+    with pytest.raises(ValueError, match="l2"):
+        fit_logistic(x, y, np.ones(200), np.ones(2))
+    with pytest.raises(ValueError, match="lower"):
+        fit_logistic(x, y, np.ones(200), 1.0, lower=np.zeros(2))
