@@ -53,6 +53,14 @@ class Group:
         return f"{self.column}={self.value}"
 
 
+def group_label(value: Any) -> str:
+    """A grid value as the group names it (``lr=0.001``, ``weight_decay=1``), the way
+    ``grokschedule bench predictor --fold-dir`` names its fold predictors."""
+    if isinstance(value, float | np.floating):
+        return f"{float(value):g}"
+    return str(value)
+
+
 def groups_of(bank: CurveBank, columns: Sequence[str]) -> list[Group]:
     """Every value of every grouping column, in sorted order; a column the bank lacks is an
     error naming the columns it has."""
@@ -60,7 +68,7 @@ def groups_of(bank: CurveBank, columns: Sequence[str]) -> list[Group]:
     for column in columns:
         if column not in bank.grid:
             raise ValueError(f"the bank has no column {column!r}; it has {sorted(bank.grid)}")
-        values = np.asarray([str(v) for v in bank.grid[column]])
+        values = np.asarray([group_label(v) for v in bank.grid[column]])
         for value in sorted(set(values.tolist())):
             rows = tuple(int(i) for i in np.flatnonzero(values == value))
             out.append(Group(column, value, rows))

@@ -217,12 +217,18 @@ def design_matrix(s: Samples, params: Mapping[str, Any]) -> NDArray[np.float64]:
 def sign_bounds(
     features: Sequence[str], ramps: int, signs: Mapping[str, int] | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Coefficient bounds (intercept first, flags last and free) from each feature's sign in
-    ``FEATURES``, or in ``signs`` where given (ablations)."""
+    """Coefficient bounds (intercept first, flags last) from each feature's sign in
+    ``FEATURES``, or in ``signs`` where given (ablations). Missing-metric flags are held at 0: a
+    metric a trainable does not report is imputed at the banks' mean and says nothing either
+    way. Left free, a flag learns which *bank* lacked the metric (the GPU bank has no zero-loss
+    share and a third of its runs grok), which is no property of a run."""
     chosen = {name: FEATURES[name].sign for name in features} | dict(signs or {})
     per = np.repeat([chosen[name] for name in features], ramps)
     per = np.r_[0, per, np.zeros(len(FLAGS))]
-    return np.where(per > 0, 0.0, -math.inf), np.where(per < 0, 0.0, math.inf)
+    lower = np.where(per > 0, 0.0, -math.inf)
+    upper = np.where(per < 0, 0.0, math.inf)
+    lower[len(lower) - len(FLAGS) :] = upper[len(upper) - len(FLAGS) :] = 0.0
+    return lower, upper
 
 
 def _standardization(
@@ -404,17 +410,23 @@ def platt_by_groups(s: Samples, groups: NDArray[np.str_], fit: Fit) -> tuple[flo
 
 
 def held_out(
-    s: Samples, groups: NDArray[np.str_], fit: Fit, with_interval: bool = False
+    s: Samples,
+    groups: NDArray[np.str_],
+    fit: Fit,
+    with_interval: bool = False,
+    keep: dict[str, dict[str, Any]] | None = None,
 ) -> Predicted:
     """Leave-one-group-out predictions over ``groups`` (one label per sample): each sample's
     from the model that never saw its group. With ``with_interval`` the models carry a
-    bootstrap, so ``low``/``high`` mean something."""
+    bootstrap, so ``low``/``high`` mean something; ``keep`` collects each group's model."""
     out = Predicted.empty(len(s.label))
     for group in np.unique(groups):
         fold = groups == group
         train = s.take(~fold)
         params = fit(train, platt_by_groups(train, groups[~fold], fit), with_interval)
         out.fill(fold, predict_samples(params, s.take(fold)))
+        if keep is not None:
+            keep[str(group)] = params
     return out
 
 
@@ -679,8 +691,11 @@ def run(
     threshold: float,
     replicates: int = BOOTSTRAP,
     progress: Callable[[str], None] | None = None,
+    fold_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit on every bank, evaluate leave-one-group-out; (predictor params, report)."""
+    """Fit on every bank, evaluate leave-one-group-out; (predictor params, report). With
+    ``fold_dir``, each fold's model is written there as ``<column>=<value>.json`` (with the
+    shipped stop bar), for ``grokschedule bench groups --fold-predictors``."""
     say = progress or (lambda message: None)
     began = time.perf_counter()
     banks = load_banks(bank_paths)
@@ -688,8 +703,12 @@ def run(
     say(f"{len(samples.label)} samples from {len(banks.curves)} curves")
     fit = make_fit(banks.units, threshold, replicates)
     held: dict[str, Predicted] = {}
+    folds: dict[str, dict[str, dict[str, Any]]] = {}
     for column, values in banks.meta.items():  # every fold's model carries its bootstrap
-        held[column] = held_out(samples, values[samples.curve], fit, with_interval=True)
+        folds[column] = {}
+        held[column] = held_out(
+            samples, values[samples.curve], fit, with_interval=True, keep=folds[column]
+        )
         say(f"held out each {column}: {time.perf_counter() - began:.0f}s")
     if PRIMARY in held:
         platt = fit_platt(held[PRIMARY].logit, samples.label, samples.weight)
@@ -699,6 +718,12 @@ def run(
         policy = {"stop_below": 0.05, "basis": f"no {PRIMARY} groups: the fallback 0.05"}
     params = fit(samples, platt, True)
     params["policy"] = policy
+    if fold_dir is not None:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        for column, models in folds.items():
+            for value, model in models.items():
+                path = fold_dir / f"{column}={value}.json"
+                path.write_text(json.dumps(model | {"policy": policy}, indent=1) + "\n")
     groups = evaluate(samples, banks.meta, held, policy["stop_below"])
     worst_groups = overall_worst(groups)
     params["trained_on"] = {
@@ -816,13 +841,18 @@ def predictor_main(argv: list[str] | None = None) -> int:
         "(grokschedule/data/grok_predictor.json to ship it)",
     )
     parser.add_argument("--report", type=Path, help="write the evaluation as JSON here")
+    parser.add_argument(
+        "--fold-dir", type=Path, help="write each held-out fold's predictor here (bench groups)"
+    )
     args = parser.parse_args(argv)
     for path in args.bank:
         if not path.exists():
             parser.error(f"no bank at {path}")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    params, report = run(args.bank, args.threshold, args.bootstrap, progress=print)
+    params, report = run(
+        args.bank, args.threshold, args.bootstrap, progress=print, fold_dir=args.fold_dir
+    )
     print(render(report))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,17 +26,22 @@ keeps showing signs of life is never stopped on its plateau.
 With the calibrated ``GrokPredictor`` (``PolicyConfig(predictor=True)``, the default), rules 4
 and 6 also read P(grok) and its ETA, computed from a bounded per-trial history:
 
-* a plateau at ≥ ``judge_after`` × its memorization time with P(grok) < ``stop_below`` (two
-  predictions in a row) is stopped at once (never-grok), and a run under that bar (plateau or
-  transition) is not EXTENDed at ``max_t`` — unless interventions are on, where such a run is
-  kicked first;
+* a plateau at ≥ ``judge_after`` × its memorization time whose P(grok) is *confidently* under
+  ``stop_below`` — the top of its interval, ``p_high``, two predictions in a row — is stopped
+  at once (never-grok), and a run under that bar (plateau or transition) is not EXTENDed at
+  ``max_t`` — unless interventions are on, where such a run is kicked first. A predictor far
+  outside the data it was fitted on has a wide interval, so it stops less;
 * a plateau whose patience ran out but whose P(grok) ≥ ``keep_above`` is kept (the hand
   patience rule alone stops slow grokkers on the quiet stretch before their turn);
 * at ``max_t``, a run with P(grok) ≥ ``keep_above`` whose ETA lands inside the extension is
   EXTENDed even before its target has started to move.
 
-``Decision.signals`` then carries ``p_grok`` and ``eta_steps``, ``Decision.score`` is P(grok),
-and the reasons quote them with the features that weighed most.
+With ``adaptive`` (the default) the predictor learns from the sweep itself: each trial that
+grokked or ran its whole budget gives its first judged prediction and its outcome to a
+``SweepAdaptivePredictor`` whose prior is the shipped coefficients.
+
+``Decision.signals`` then carries ``p_grok``, ``p_high`` and ``eta_steps``, ``Decision.score``
+is P(grok), and the reasons quote them with the features that weighed most.
 
 Each trial's detector, predictor history, prediction and decision log live in one
 ``TrialState``. Adapters read them (``last_decision``, ``decision_log``, ``trial``) and record
@@ -56,7 +61,12 @@ from grokschedule.core.contract import SIGNAL_PREFIX, Observation
 from grokschedule.core.decision import Cause, Decision, DecisionKind
 from grokschedule.core.kick_policy import KickConfig, KickPolicy
 from grokschedule.core.phases import Phase, PhaseConfig, PhaseDetector
-from grokschedule.core.predictor import GrokHistory, GrokPredictor, Prediction
+from grokschedule.core.predictor import (
+    GrokHistory,
+    GrokPredictor,
+    Prediction,
+    SweepAdaptivePredictor,
+)
 
 
 def _is_accuracy(metric: str) -> bool:
@@ -85,6 +95,9 @@ class PolicyConfig:
     stop_below: float | None = None
     keep_above: float = 0.5  # P(grok) at or over which patience does not stop a plateau
     judge_after: float = 2.0  # × memorization time before P(grok) may stop a run
+    # Learn from the sweep: refit the predictor on the trials that grokked or ran their whole
+    # budget, the shipped coefficients being the prior (SweepAdaptivePredictor).
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
@@ -130,6 +143,8 @@ class PolicyConfig:
             )
         if not isinstance(self.judge_after, int | float) or not self.judge_after >= 1.0:
             raise ValueError(f"judge_after must be >= 1 (× memorization), got {self.judge_after}")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
         PhaseConfig(grok_threshold=self.grok_threshold, mode=self.mode, **self.phases)
 
     @property
@@ -167,7 +182,9 @@ class TrialState:
     detector: PhaseDetector
     history: GrokHistory | None = None  # the predictor's bounded input, from the first record
     prediction: Prediction | None = None  # the latest P(grok) and ETA
-    low_streak: int = 0  # consecutive predictions under stop_below
+    low_streak: int = 0  # consecutive predictions confidently under stop_below
+    judged: Prediction | None = None  # the first prediction at judge_after × memorization
+    outcome_known: bool = False  # its outcome was given to the sweep-adaptive predictor
     last: Decision | None = None  # the latest decision
     log: list[Decision] = field(default_factory=list)  # the decisions worth showing: _remember
 
@@ -189,7 +206,10 @@ class GrokPolicy:
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
         self.kicks = KickPolicy(config.interventions) if config.interventions else None
-        self.predictor = load_predictor(config.predictor)
+        prior = load_predictor(config.predictor)
+        self.predictor: GrokPredictor | None = (
+            SweepAdaptivePredictor(prior) if prior is not None and config.adaptive else prior
+        )
         recommended = self.predictor.recommended_stop_below if self.predictor else 0.0
         self.stop_below: float = (
             min(recommended, config.keep_above / 2)
@@ -258,6 +278,7 @@ class GrokPolicy:
         ruling = self._intervene(trial_id, state, phase, obs)
         if ruling is None:
             ruling = self._decide(trial_id, state, detector.phase)
+        self._learn(state, ruling)
         if ruling.kind is DecisionKind.STOP and detector.phase in (
             Phase.PLATEAU,
             Phase.TRANSITION,
@@ -270,6 +291,7 @@ class GrokPolicy:
         signals = {k: round(v, 6) for k, v in detector.signals.items()}
         if prediction is not None:
             signals["p_grok"] = float(prediction.p_grok)
+            signals["p_high"] = float(prediction.p_high)
             if prediction.eta_steps is not None and not detector.phase.terminal:
                 signals["eta_steps"] = round(float(prediction.eta_steps), 1)  # none once over
         decision = Decision(
@@ -336,8 +358,23 @@ class GrokPolicy:
         last = state.prediction
         if last is None or last.step is None or obs.step >= last.step * (1 + PREDICT_EVERY):
             state.prediction = predictor.predict(history)
-            low = state.prediction.p_grok < self.stop_below
+            low = state.prediction.confidently_below(self.stop_below)
             state.low_streak = state.low_streak + 1 if low else 0
+            if state.judged is None and self._memorization_ratio(d) >= self.config.judge_after:
+                state.judged = state.prediction
+
+    def _learn(self, state: TrialState, ruling: _Ruling) -> None:
+        """Give the sweep-adaptive predictor an outcome that was observed, not caused: the
+        trial grokked, or ran its whole budget without grokking. A run stopped on a low P(grok)
+        or on patience has no outcome: counting it would teach the predictor its own stops."""
+        if not isinstance(self.predictor, SweepAdaptivePredictor) or state.outcome_known:
+            return
+        if state.judged is None:
+            return
+        grokked = state.detector.phase is Phase.GROKKED
+        if grokked or ruling.cause is Cause.BUDGET:
+            state.outcome_known = True
+            self.predictor.observe_outcome(state.judged, grokked)
 
     @staticmethod
     def _memorization_ratio(d: PhaseDetector) -> float:

@@ -597,13 +597,17 @@ class GrokPredictor:
 
     def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Each coefficient's bounds from the features' signs the file was fitted under (the
-        ``FEATURES`` table's unless it says otherwise); intercept and flags free."""
+        ``FEATURES`` table's unless it says otherwise); the intercept free, the missing-metric
+        flags held at the file's values (within one sweep a metric is reported by every trial
+        or by none, so a flag cannot be told apart from the intercept)."""
         ramps = len(self.knots[0]) - 1
         fitted = {n: FEATURES[n].sign for n in self.features} | dict(self.params.get("signs", {}))
         signs = np.repeat([int(fitted[n]) for n in self.features], ramps)
         signs = np.r_[0, signs, np.zeros(len(self.flags))]
         lower = np.where(signs > 0, 0.0, -math.inf)
         upper = np.where(signs < 0, 0.0, math.inf)
+        flags = np.asarray(self.params["classifier"]["flag_weights"], dtype=np.float64)
+        lower[len(lower) - len(flags) :] = upper[len(upper) - len(flags) :] = flags
         return lower, upper
 
 
