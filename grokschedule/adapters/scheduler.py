@@ -62,10 +62,13 @@ class GrokScheduler(FIFOScheduler):
             kinds, or a mapping of ``grokschedule.core.kick_policy.KickConfig`` fields.
         predictor: The calibrated ``GrokPredictor`` behind P(grok) and ETA: ``True`` for the
             shipped coefficients, a path to a predictor JSON, ``False`` for the hand rules alone.
-        stop_below: P(grok) under which a plateau past ``judge_after`` × memorization is stopped
-            (default: the value recommended in the predictor file).
+        stop_below: A plateau past ``judge_after`` × memorization is stopped when the top of
+            its P(grok) interval is under this (default: the value recommended in the
+            predictor file).
         keep_above: P(grok) at or above which patience does not stop a plateau.
         judge_after: Multiples of memorization time before P(grok) may stop a run.
+        adaptive: Refit the predictor during the sweep on its trials that grokked or ran their
+            whole budget (the shipped coefficients are the prior).
         kick_config_change: For trainables that do not poll the control channel, what a kick
             becomes in the trial's config (``grokschedule.core.commands.config_change`` by
             default: ``lr``, ``weight_decay``, ``batch_size``, ``optimizer``, ``momentum``;
@@ -95,6 +98,7 @@ class GrokScheduler(FIFOScheduler):
         stop_below: float | None = None,
         keep_above: float = 0.5,
         judge_after: float = 2.0,
+        adaptive: bool = True,
         kick_config_change: ConfigChange = config_change,
     ) -> None:
         super().__init__()
@@ -120,6 +124,7 @@ class GrokScheduler(FIFOScheduler):
             "stop_below": stop_below,
             "keep_above": keep_above,
             "judge_after": judge_after,
+            "adaptive": adaptive,
         }
         self._metric, self._mode = metric, mode
         # PolicyConfig validates the policy's arguments now, before any trial runs; metric and
