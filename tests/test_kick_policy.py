@@ -19,7 +19,15 @@ def _policy(predictor: bool = False, **kick_options) -> GrokPolicy:
     kicks = KickConfig(
         **{"kicks": (Kick(GROKFAST), Kick(LR_MULTIPLY, {"factor": 3.0}, 100))} | kick_options
     )
-    return GrokPolicy(PolicyConfig(max_t=3000, interventions=kicks, predictor=predictor))
+    return GrokPolicy(
+        PolicyConfig(
+            patience_factor=10.0,
+            judge_after=2.0,
+            max_t=3000,
+            interventions=kicks,
+            predictor=predictor,
+        )
+    )
 
 
 def _ack(obs: Observation, command_id: int, step: float) -> Observation:
@@ -186,7 +194,9 @@ def test_no_weight_decay_kick_at_zero_or_past_the_cap_and_untried_kinds_go_in_or
             cooldown=0,
             **options,
         )
-        return GrokPolicy(PolicyConfig(max_t=3000, interventions=kicks))
+        return GrokPolicy(
+            PolicyConfig(patience_factor=10.0, judge_after=2.0, max_t=3000, interventions=kicks)
+        )
 
     both = [WEIGHT_DECAY, LR_MULTIPLY]  # in the order listed: nothing judged yet
     assert _kinds_chosen(policy(), "w", {"control/weight_decay": 0.1}) == both

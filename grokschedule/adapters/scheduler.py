@@ -85,7 +85,7 @@ class GrokScheduler(FIFOScheduler):
         max_t: float = 20_000,
         grok_threshold: float = 0.95,
         max_extension: float | None = None,
-        patience_factor: float = 10.0,
+        patience_factor: float = 20.0,
         min_patience: float | None = None,
         stop_on_grok: bool = True,
         train_loss: str | None = "train_loss",
@@ -97,7 +97,7 @@ class GrokScheduler(FIFOScheduler):
         predictor: bool | str = True,
         stop_below: float | None = None,
         keep_above: float = 0.5,
-        judge_after: float = 2.0,
+        judge_after: float = 4.0,
         adaptive: bool = True,
         kick_config_change: ConfigChange = config_change,
     ) -> None:

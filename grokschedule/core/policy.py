@@ -82,7 +82,7 @@ class PolicyConfig:
     grok_threshold: float = 0.95
     max_t: float = 20_000
     max_extension: float | None = None  # default: max_t / 2
-    patience_factor: float = 10.0
+    patience_factor: float = 20.0
     min_patience: float | None = None  # default: max_t / 4
     stop_on_grok: bool = True
     phases: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +94,7 @@ class PolicyConfig:
     # predictor file recommends (chosen on held-out ops so that almost no grokker falls below it)
     stop_below: float | None = None
     keep_above: float = 0.5  # P(grok) at or over which patience does not stop a plateau
-    judge_after: float = 2.0  # × memorization time before P(grok) may stop a run
+    judge_after: float = 4.0  # × memorization time before P(grok) may stop a run
     # Learn from the sweep: refit the predictor on the trials that grokked or ran their whole
     # budget, the shipped coefficients being the prior (SweepAdaptivePredictor).
     adaptive: bool = True
@@ -525,8 +525,10 @@ class GrokPolicy:
         alive = phase is Phase.TRANSITION or (
             phase is Phase.PLATEAU and d.fired and d.steps_since_evidence() == 0
         )
-        if alive and self._hopeless(state) is not None:
-            alive = False  # the same P(grok) that stops a plateau does not pay past max_t
+        if alive and phase is Phase.PLATEAU and self._hopeless(state) is not None:
+            # The P(grok) that stops a plateau does not pay for one past max_t; a transition
+            # under way (the target moving) is the grok itself, and no prediction vetoes it.
+            alive = False
         promising = self._promising(state)
         due = None
         if promising is not None and promising.eta_steps is not None:
