@@ -69,16 +69,8 @@ GRID_COLUMNS = (
 IMPLIED_COLUMNS: dict[str, Any] = {"arch": "mlp", "optimizer": "adamw", "momentum": math.nan}
 # Rows sharing these share their data and shapes, so they can be trained as one batch.
 BATCH_KEY = ("arch", "optimizer", "op", "p", "train_fraction", "seed", "embed_dim", "hidden_dim")
-# Metric columns of the GPU bank layout (shared/banks/README.md), in order.
-GPU_LAYOUT_METRICS = (
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "weight_norm",
-    "val_confidence",
-    "val_correct_prob",
-)
+# Metric columns of the GPU bank layout (shared/banks/README.md): ours but the zero-loss share.
+GPU_LAYOUT_METRICS = METRICS[: METRICS.index("zero_loss_share")]
 AXES = (
     "archs",
     "optimizers",

@@ -165,11 +165,9 @@ def tune_last_steps(
 ) -> tuple[dict[int, float], dict[int, str]]:
     """The same replay through real Ray Tune (Ray must be up): the last step each row reported,
     and for GrokScheduler the reason of its last decision."""
-    from ray import tune
 
     from grokschedule.adapters import GrokScheduler
-    from grokschedule.bench.replay_bench import TRIAL_CPU, ReplayLedger, make_scheduler
-    from grokschedule.bench.replay_trainable import replay_trainable
+    from grokschedule.bench.replay_bench import make_scheduler, replay_through_tune
 
     horizon = int(grok_args["max_t"] + grok_args["max_extension"])
     if scheduler_name == "grok":
@@ -179,31 +177,17 @@ def tune_last_steps(
         scheduler, stopper = make_scheduler(
             scheduler_name, horizon, int(grok_args["max_t"]), grok_args["grok_threshold"]
         )
-    ledger = ReplayLedger()
-    tuner = tune.Tuner(
-        tune.with_resources(replay_trainable, {"cpu": TRIAL_CPU}),
-        param_space={
-            "bank": str(bank_path.resolve()),
-            "index": tune.grid_search(list(group.rows)),
-            "every": every,
-            "checkpoint_every": 1 if scheduler_name == "median" else 0,
-        },
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="max",
-            scheduler=scheduler,
-            max_concurrent_trials=concurrent,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=f"groups-{scheduler_name}-{group.name}-every{every}",
-            storage_path=str(storage.resolve()),
-            stop=stopper,
-            callbacks=[ledger],
-            verbose=0,
-        ),
+    ledger, _ = replay_through_tune(
+        bank_path,
+        group.rows,
+        scheduler,
+        stopper,
+        pausing=scheduler_name == "median",
+        concurrent=concurrent,
+        storage=storage,
+        run_name=f"groups-{scheduler_name}-{group.name}-every{every}",
+        every=every,
     )
-    tuner.fit()
     last = {row: float(max(steps)) for row, steps in ledger.reported.items()}
     reasons = {}
     if isinstance(scheduler, GrokScheduler):

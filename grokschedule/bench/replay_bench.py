@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,47 @@ def score(
     }
 
 
+def replay_through_tune(
+    bank_path: Path,
+    rows: Iterable[int],
+    scheduler: TrialScheduler,
+    stopper: tune.Stopper | None,
+    *,
+    pausing: bool,
+    concurrent: int,
+    storage: Path,
+    run_name: str,
+    every: int = 1,
+) -> tuple[ReplayLedger, tune.ResultGrid]:
+    """One Tune run replaying ``rows`` of the bank (Ray must be up); the ledger of what each
+    row reported, and Tune's results. A pausing scheduler's trials checkpoint every point."""
+    ledger = ReplayLedger()
+    tuner = tune.Tuner(
+        tune.with_resources(replay_trainable, {"cpu": TRIAL_CPU}),
+        param_space={
+            "bank": str(bank_path.resolve()),
+            "index": tune.grid_search(list(rows)),
+            "every": every,
+            "checkpoint_every": 1 if pausing else 0,
+        },
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            scheduler=scheduler,
+            max_concurrent_trials=concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=str(storage.resolve()),
+            stop=stopper,
+            callbacks=[ledger],
+            verbose=0,
+        ),
+    )
+    return ledger, tuner.fit()
+
+
 def run_scheduler(
     name: str,
     bank_path: Path,
@@ -163,31 +205,17 @@ def run_scheduler(
     """One Tune run of every bank row under scheduler ``name`` (Ray must be up), scored."""
     horizon = int(bank.steps[-1])
     scheduler, stopper = make_scheduler(name, horizon, max_t, threshold)
-    ledger = ReplayLedger()
-    tuner = tune.Tuner(
-        tune.with_resources(replay_trainable, {"cpu": TRIAL_CPU}),
-        param_space={
-            "bank": str(bank_path.resolve()),
-            "index": tune.grid_search(list(range(len(bank)))),
-            "checkpoint_every": 1 if name in PAUSING else 0,
-        },
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="max",
-            scheduler=scheduler,
-            max_concurrent_trials=max_concurrent,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=f"replay-{name}",
-            storage_path=str(storage.resolve()),
-            stop=stopper,
-            callbacks=[ledger],
-            verbose=0,
-        ),
-    )
     began = time.perf_counter()
-    results = tuner.fit()
+    ledger, results = replay_through_tune(
+        bank_path,
+        range(len(bank)),
+        scheduler,
+        stopper,
+        pausing=name in PAUSING,
+        concurrent=max_concurrent,
+        storage=storage,
+        run_name=f"replay-{name}",
+    )
     row = {"scheduler": name} | score(bank, threshold, max_t, ledger.reported)
     row["errors"] = sum(result.error is not None for result in results)
     row["wall_s"] = round(time.perf_counter() - began, 1)
