@@ -98,7 +98,7 @@ class GrokScheduler(FIFOScheduler):
         stop_below: float | None = None,
         keep_above: float = 0.5,
         judge_after: float = 4.0,
-        adaptive: bool = True,
+        adaptive: bool = False,
         kick_config_change: ConfigChange = config_change,
     ) -> None:
         super().__init__()

@@ -36,7 +36,7 @@ and 6 also read P(grok) and its ETA, computed from a bounded per-trial history:
 * at ``max_t``, a run with P(grok) ≥ ``keep_above`` whose ETA lands inside the extension is
   EXTENDed even before its target has started to move.
 
-With ``adaptive`` (the default) the predictor learns from the sweep itself: each trial that
+With ``adaptive=True`` the predictor learns from the sweep itself: each trial that
 grokked or ran its whole budget gives its first judged prediction and its outcome to a
 ``SweepAdaptivePredictor`` whose prior is the shipped coefficients.
 
@@ -96,8 +96,10 @@ class PolicyConfig:
     keep_above: float = 0.5  # P(grok) at or over which patience does not stop a plateau
     judge_after: float = 4.0  # × memorization time before P(grok) may stop a run
     # Learn from the sweep: refit the predictor on the trials that grokked or ran their whole
-    # budget, the shipped coefficients being the prior (SweepAdaptivePredictor).
-    adaptive: bool = True
+    # budget, the shipped coefficients being the prior (SweepAdaptivePredictor). Off by default:
+    # it saves compute but made decisions depend on the order trials finish in, and through
+    # Tune it lost two late grokkers the fixed predictor keeps (BENCHMARKS.md).
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
