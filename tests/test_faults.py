@@ -188,7 +188,10 @@ class _KillWorker(tune.Callback):
 def killed_sweep(local_ray, tmp_path_factory) -> dict[str, Any]:
     """Two memorizing trials, each with its worker killed at step 325 once; one of them also
     has its latest checkpoint truncated before the kill."""
-    scheduler = GrokScheduler(metric="val_acc", mode="max", max_t=500, min_patience=10_000)
+    # Neither patience nor the predictor may stop them: both must run to max_t through the kill.
+    scheduler = GrokScheduler(
+        metric="val_acc", mode="max", max_t=500, min_patience=10_000, predictor=False
+    )
     killer = _KillWorker(scheduler, kill_at=325)
     config = {**SMALL, "weight_decay": 0.0, "max_steps": 500, "checkpoint_every": 50}
     tuner = tune.Tuner(
