@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 TRIALS = ["grokker_p47_wd1", "memorizer_p47_wd0", "delayed_grokker_p47_small"]
 OUTCOMES = {
     "grokker_p47_wd1": "grokked at step 1650",
-    "memorizer_p47_wd0": "stopped at step 800: never-grok",  # on P(grok), the grok predictor
+    "memorizer_p47_wd0": "stopped at step 900: never-grok",  # on P(grok), the grok predictor
     "delayed_grokker_p47_small": "grokked at step 2400 (extended by 400 steps past max_t)",
 }
 SCHEDULER = {
@@ -35,6 +35,8 @@ SCHEDULER = {
     "time_attr": "step",
     "max_t": 2000,
     "max_extension": 1000,
+    "patience_factor": 10.0,  # the rule timings the assertions were written for
+    "judge_after": 2.0,
 }
 
 
@@ -85,7 +87,7 @@ def test_reviewer_finds_the_sweep_in_mlflow(
         2,
         1,
     )
-    assert metrics["sweep/steps_used"] == 1650 + 800 + 2400
+    assert metrics["sweep/steps_used"] == 1650 + 900 + 2400
     assert metrics["sweep/steps_fifo"] == 6000
     assert parent.data.tags[names.SUMMARY].startswith("3 trials: 2 grokked, 1 stopped")
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -113,8 +115,8 @@ def test_reviewer_finds_the_sweep_in_mlflow(
     capsys.readouterr()
     assert report_main(["--experiment", "server-sweep", "--tracking-uri", server.uri]) == 0
     text = capsys.readouterr().out
-    assert "3 trials: 2 grokked, 1 stopped (1 extended); 4,850 steps used vs 6,000" in text
-    assert "curve=memorizer_p47_wd0: stopped at step 800: never-grok" in text
+    assert "3 trials: 2 grokked, 1 stopped (1 extended); 4,950 steps used vs 6,000" in text
+    assert "curve=memorizer_p47_wd0: stopped at step 900: never-grok" in text
 
 
 def test_mlflow_stopped_mid_sweep_loses_nothing(
