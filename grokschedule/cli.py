@@ -17,6 +17,7 @@ BENCHMARKS = {
     "bank": "grokschedule.bench.bank:bank_main",
     "groups": "grokschedule.bench.groups:groups_main",
     "interventions": "grokschedule.bench.interventions:interventions_bench_main",
+    "kicks": "grokschedule.bench.kick_table:kicks_main",
     "load": "grokschedule.bench.load:load_bench_main",
     "probes": "grokschedule.bench.probes:probes_bench_main",
     "predictor": "grokschedule.bench.predictor_fit:predictor_main",

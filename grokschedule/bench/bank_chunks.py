@@ -181,11 +181,18 @@ def _init_worker(progress_queue: Any) -> None:
     _progress_queue = progress_queue
 
 
-def _train_in_worker(chunk: Chunk, steps: int, record_every: int, device: str) -> np.ndarray:
+# How a chunk is trained: ``train_chunk``, or another function of the same signature (the kick
+# table's, which kicks some of the chunk's models); module-level, so worker processes get it.
+ChunkTrainer = Callable[..., np.ndarray]
+
+
+def _train_in_worker(
+    chunk: Chunk, steps: int, record_every: int, device: str, train: ChunkTrainer
+) -> np.ndarray:
     def advance(n: int) -> None:
         _progress_queue.put((chunk.index, n))
 
-    return train_chunk(chunk, steps, record_every, device, advance)
+    return train(chunk, steps, record_every, device, advance)
 
 
 def train_chunks(
@@ -195,13 +202,14 @@ def train_chunks(
     device: str,
     jobs: int,
     advance: Callable[[Chunk, int], None],
+    train: ChunkTrainer = train_chunk,
 ) -> Iterator[tuple[Chunk, np.ndarray]]:
-    """Train ``chunks`` and yield each with its curves as it finishes: in this process for one
-    job, else in ``jobs`` spawned processes, longest chunks first so none is left running alone
-    at the end. ``advance(chunk, n)`` hears of every ``n`` steps."""
+    """Train ``chunks`` (with ``train``) and yield each with its curves as it finishes: in this
+    process for one job, else in ``jobs`` spawned processes, longest chunks first so none is
+    left running alone at the end. ``advance(chunk, n)`` hears of every ``n`` steps."""
     if jobs == 1:
         for chunk in chunks:
-            yield chunk, train_chunk(chunk, steps, record_every, device, partial(advance, chunk))
+            yield chunk, train(chunk, steps, record_every, device, partial(advance, chunk))
         return
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     progress: Any = context.Queue()
@@ -212,7 +220,7 @@ def train_chunks(
     )
     try:
         pending: dict[Future[np.ndarray], Chunk] = {
-            pool.submit(_train_in_worker, chunk, steps, record_every, device): chunk
+            pool.submit(_train_in_worker, chunk, steps, record_every, device, train): chunk
             for chunk in order
         }
         while pending:
