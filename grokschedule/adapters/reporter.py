@@ -15,12 +15,13 @@ from ray.tune.experiment import Trial
 
 from grokschedule.adapters.scheduler import GrokScheduler
 from grokschedule.core.decision import Decision
+from grokschedule.core.summary import describe_config
 
 
 def trial_label(trial: Trial) -> str:
     """Trial id plus the hyperparameters the search chose, e.g. ``a1b2c_00003 p=59 wd=1.0``."""
-    params = " ".join(f"{k.split('/')[-1]}={v}" for k, v in trial.evaluated_params.items())
-    return f"{trial.trial_id} {params}".strip()
+    chosen = {k.split("/")[-1]: v for k, v in trial.evaluated_params.items()}
+    return f"{trial.trial_id} {describe_config(chosen, (), sep=' ')}".strip()
 
 
 def _p_grok(decision: Decision | None) -> str:

@@ -138,6 +138,9 @@ class GrokScheduler(FIFOScheduler):
         self._checked: set[str] = set()
         self._steps: dict[str, float] = {}
         self._errors: dict[str, str] = {}
+        # Each trial's config as it started: kicks by restart rewrite trial.config, and the
+        # summary names a trial by what the user ran.
+        self._configs: dict[str, dict[str, Any]] = {}
         self._channel = ControlChannel() if self._policy_args["interventions"] else None
         self._restarts = RestartFallback(kick_config_change)  # trials that do not poll
 
@@ -172,6 +175,7 @@ class GrokScheduler(FIFOScheduler):
     ) -> str:
         policy = self._require_policy()
         trial_id = trial.trial_id
+        self._configs.setdefault(trial_id, dict(trial.config))
         if trial_id not in self._checked:
             self._check_contract(trial_id, result)
         obs = Observation.from_result(result, self._names, self._known_control(trial, result))
@@ -203,6 +207,7 @@ class GrokScheduler(FIFOScheduler):
             self.policy.add(trial.trial_id)  # failed before its first result: still listed
 
     def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
+        self._configs.setdefault(trial.trial_id, dict(trial.config))
         # Tune retries a failed trial (FailureConfig) by on_trial_error then on_trial_add of the
         # trial, PENDING again: the error was not final, and it must not count as errored.
         if trial.status != Trial.ERROR:
@@ -236,6 +241,7 @@ class GrokScheduler(FIFOScheduler):
                 self._steps.get(trial_id, 0.0),
                 policy.config.max_t,
                 error=self._errors.get(trial_id),
+                config=self._configs.get(trial_id),
             )
             for trial_id in policy.trial_ids()
         ]
@@ -250,6 +256,7 @@ class GrokScheduler(FIFOScheduler):
             "checked": set(self._checked),
             "steps": dict(self._steps),
             "errors": dict(self._errors),
+            "configs": dict(self._configs),
             "restarts": self._restarts.get_state(),
         }
 
@@ -259,6 +266,7 @@ class GrokScheduler(FIFOScheduler):
         self._checked = set(state["checked"])
         self._steps = dict(state["steps"])
         self._errors = dict(state["errors"])
+        self._configs = dict(state.get("configs", {}))  # absent from states saved before it
         self._restarts.set_state(state["restarts"])
 
     def save(self, checkpoint_path: str) -> None:

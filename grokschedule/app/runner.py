@@ -103,18 +103,14 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
         ),
     )
     results = tuner.fit()
-    names = {result.metrics.get("trial_id", ""): _trial_name(result) for result in results}
+    summary = scheduler.summary()
+    # Named by the config each trial started with (SweepSummary.render's default), not by
+    # result.config, which a kick by restart has rewritten (weight_decay=0.8999999999999999).
+    names = {trial.trial_id: trial.name for trial in summary.trials}
     return SweepOutcome(
         results=results,
-        summary=scheduler.summary(),
+        summary=summary,
         names=names,
         tracking_uri=tracking_uri,
         experiment_path=results.experiment_path,
     )
-
-
-def _trial_name(result: tune.Result) -> str:
-    config = result.config or {}
-    keys = ("op", "p", "train_fraction", "weight_decay", "lr")
-    described = ",".join(f"{k}={config[k]}" for k in keys if k in config)
-    return f"{result.metrics.get('trial_id', '?')}({described})"

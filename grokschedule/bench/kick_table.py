@@ -1,4 +1,4 @@
-"""``grokschedule bench kicks``: a measured table of what each kick does to grokking, from many runs.
+"""``grokschedule bench kicks``: what each kick does to grokking, measured on many runs at once.
 
 Eight runs say little about a kick; this trains hundreds at once with the curve bank's machinery
 (``bench.bank_models``: the real modular models, stacked and stepped by one vmapped
@@ -88,7 +88,7 @@ class TableKick:
             raise ValueError(f"TableKick {self.label!r}: give exactly one of kick, norm_factor")
         if self.kick is not None and self.kick.kind == "batch_size":
             raise ValueError("batch_size kicks change nothing in full-batch training")
-        if self.norm_factor is not None and not 0 < self.norm_factor:
+        if self.norm_factor is not None and not self.norm_factor > 0:
             raise ValueError(f"norm_factor must be > 0, got {self.norm_factor!r}")
 
     @property
@@ -428,7 +428,9 @@ def plan(preset: TablePreset) -> list[Chunk]:
 def _tiny() -> TablePreset:
     grid = TableGrid(ps=(11,), train_fractions=(0.5,), weight_decays=(1.0,), lrs=(1e-2,))
     grid = dataclasses.replace(grid, embed_dims=(8,), hidden_dims=(16,))
-    kicks = tuple(k for k in TABLE_KICKS if k.kind in (LR_CYCLE, ORTHO_GRAD, SGD_SWITCH, NORM_RESCALE))
+    kicks = tuple(
+        k for k in TABLE_KICKS if k.kind in (LR_CYCLE, ORTHO_GRAD, SGD_SWITCH, NORM_RESCALE)
+    )
     return TablePreset((grid,), kicks, (1.0,), 300, 10, 64, "a test: seconds")
 
 
@@ -636,7 +638,7 @@ def best_per_group(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if row["group"] != "all" and row["variant"] != PLAIN:
             by[row["group"]].append(row)
     out = []
-    for group, candidates in sorted(by.items()):
+    for _, candidates in sorted(by.items()):
         safe = [r for r in candidates if r["lost"] == 0] or candidates
         best = max(safe, key=lambda r: (r["speedup"], -r["forgetting"]))
         out.append(dict(best))
@@ -683,7 +685,9 @@ def run_table(
         if bar:
             rate = done[0] / max(time.perf_counter() - began, 1e-9)
             left = (total - done[0]) / max(rate, 1e-9)
-            print(f"\r{done[0] / total:6.1%} model-steps, ~{left:.0f} s left", end="", file=sys.stderr)
+            print(
+                f"\r{done[0] / total:6.1%} model-steps, ~{left:.0f} s left", end="", file=sys.stderr
+            )
 
     for chunk, trained in train_chunks(
         chunks, preset.steps, preset.record_every, device, jobs, advance, train_kicked_chunk

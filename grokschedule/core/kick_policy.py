@@ -4,10 +4,22 @@ Pure Python + numpy, like the rest of the decision core. A trial gets at most ``
 kicks, each once its plateau has been quiet for ``kick_at`` × its patience, with ``cooldown``
 steps between kicks. Which kind is chosen by Thompson sampling over the whole sweep: each kind
 keeps a Beta(1 + helped, 1 + failed) posterior, where *helped* means transition evidence (or
-grokking) appeared after the kick took effect. A kind the sweep has not judged yet goes first, in
-the order of ``KickConfig.kicks`` (list the one you trust most first): the usual first round of a
-bandit, which with no data to sample from would otherwise pick at random. A kick that makes
-training worse than before by ``rollback_margin`` and does not recover within
+grokking) appeared after the kick took effect, and *failed* a rollback, a never-grok stop, or no
+evidence within ``verdict_after`` steps. A kind the sweep has not judged yet goes first: the usual
+first round of a bandit, which with no data to sample from would otherwise pick at random.
+
+Which kind goes first depends on what is known of the trial (``FirstKick`` rules, measured in
+the kick table, ``grokschedule bench kicks``): its weight decay, its weight-norm trend (the log
+change of ``weight_norm`` over the last ``norm_window`` steps) and its plateau age (steps quiet);
+the first rule that matches names the kind, else the order of ``KickConfig.kicks``. A rule's
+kind also gets ``rule_prior`` pseudo-successes in the draw once kinds have been judged.
+
+A sweep learns which kind works only from kicks it has judged, so the first kicks are staggered:
+until the sweep's first verdict, only a probe cohort of ``probe_trials`` trials (the first to be
+ready) is kicked, each with a different untried kind where there is one; the others wait, up to
+``probe_wait`` steps past the point they were ready, so none waits for ever on a slow verdict.
+
+A kick that makes training worse than before by ``rollback_margin`` and does not recover within
 ``rollback_window`` steps — or that diverges — is rolled back and marked harmful for that trial.
 A train loss on its way back down (fallen to 1/``rollback_recovery`` of its worst since the
 window began) starts the window again: a kick can set off an Adam slingshot, a spike of the
@@ -32,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from grokschedule.core.contract import ACKED_ID, APPLIED_STEP, CONTROL_WEIGHT_DECAY
-from grokschedule.core.kicks import GROKFAST, LR_MULTIPLY, ORTHO_GRAD, WEIGHT_DECAY, Kick
+from grokschedule.core.kicks import GROKFAST, KINDS, LR_MULTIPLY, ORTHO_GRAD, WEIGHT_DECAY, Kick
 
 DEFAULT_KICKS: tuple[Kick, ...] = (
     Kick(GROKFAST, {"alpha": 0.98, "lamb": 2.0}),
@@ -40,6 +52,54 @@ DEFAULT_KICKS: tuple[Kick, ...] = (
     Kick(WEIGHT_DECAY, {"factor": 3.0}, duration_steps=600),
     Kick(ORTHO_GRAD),
 )
+
+
+NORM_TRENDS = ("any", "rising", "flat_or_falling")
+
+
+@dataclass(frozen=True)
+class FirstKick:
+    """A rule for a trial's first kick: ``kind`` when the trial's weight decay is in
+    [``min_weight_decay``, ``max_weight_decay``] (an unknown one matches only the full range),
+    its norm trend is ``norm`` ("rising": up by more than ``KickConfig.norm_rise`` over the
+    norm window; "flat_or_falling": not; "any") and its plateau has been quiet ≥ ``min_age``."""
+
+    kind: str
+    min_weight_decay: float = 0.0
+    max_weight_decay: float = math.inf
+    norm: str = "any"
+    min_age: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"FirstKick.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.norm not in NORM_TRENDS:
+            raise ValueError(f"FirstKick.norm must be one of {NORM_TRENDS}, got {self.norm!r}")
+        if not 0 <= self.min_weight_decay <= self.max_weight_decay:
+            raise ValueError(
+                "FirstKick needs 0 <= min_weight_decay <= max_weight_decay, got "
+                f"{self.min_weight_decay!r}, {self.max_weight_decay!r}"
+            )
+        if not self.min_age >= 0:
+            raise ValueError(f"FirstKick.min_age must be >= 0, got {self.min_age!r}")
+
+    def matches(
+        self, weight_decay: float | None, trend: float | None, age: float, rise: float
+    ) -> bool:
+        if weight_decay is None:
+            wd_ok = self.min_weight_decay == 0 and self.max_weight_decay == math.inf
+        else:
+            wd_ok = self.min_weight_decay <= weight_decay <= self.max_weight_decay
+        if self.norm == "any":
+            norm_ok = True
+        elif trend is None:
+            norm_ok = False
+        else:
+            norm_ok = (trend > rise) == (self.norm == "rising")
+        return wd_ok and norm_ok and age >= self.min_age
+
+
+DEFAULT_FIRST: tuple[FirstKick, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +115,13 @@ class KickConfig:
     rollback_recovery: float = 2.0
     seed: int = 0
     max_weight_decay: float | None = None  # no weight-decay kick beyond it (None: no limit)
+    first: tuple[FirstKick, ...] = DEFAULT_FIRST  # which kind first, by what is known of a trial
+    norm_window: float = 200  # steps the weight-norm trend is measured over
+    norm_rise: float = 0.01  # a log-norm rise above this over the window is "rising"
+    rule_prior: float = 1.0  # pseudo-successes a matching rule's kind gets in the draw
+    probe_trials: int = 2  # trials kicked before the sweep's first verdict (0: no staggering)
+    probe_wait: float = 600  # steps a ready trial outside the cohort waits for that verdict
+    verdict_after: float | None = 1000  # a kick with no evidence this long after has failed
 
     def __post_init__(self) -> None:
         if not self.kicks:
@@ -73,6 +140,17 @@ class KickConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.rollback_recovery > 1:
             raise ValueError(f"rollback_recovery must be > 1, got {self.rollback_recovery}")
+        if isinstance(self.probe_trials, bool) or not isinstance(self.probe_trials, int):
+            raise ValueError(f"probe_trials must be an int >= 0, got {self.probe_trials!r}")
+        if self.probe_trials < 0:
+            raise ValueError(f"probe_trials must be an int >= 0, got {self.probe_trials!r}")
+        for name in ("norm_window", "probe_wait", "rule_prior", "norm_rise"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.verdict_after is not None and not self.verdict_after > 0:
+            raise ValueError(f"verdict_after must be > 0 or None, got {self.verdict_after!r}")
+        if not all(isinstance(rule, FirstKick) for rule in self.first):
+            raise ValueError(f"first must hold FirstKick rules, got {self.first!r}")
 
     @classmethod
     def from_user(cls, value: bool | Sequence[str] | Mapping[str, Any] | None) -> KickConfig | None:
@@ -86,6 +164,11 @@ class KickConfig:
             options = dict(value)
             if "kicks" in options:
                 options["kicks"] = _templates(options["kicks"])
+            if "first" in options:
+                options["first"] = tuple(
+                    rule if isinstance(rule, FirstKick) else FirstKick(**rule)
+                    for rule in options["first"]
+                )
             return cls(**options)
         return cls(kicks=_templates(value))
 
@@ -132,6 +215,9 @@ class TrialKicks:
     last_kick_step: float | None = None
     weight_decay: float | None = None  # the trial's current value, when known
     unavailable: set[str] = field(default_factory=set)  # kinds its trainable cannot carry out
+    norms: list[tuple[float, float]] = field(default_factory=list)  # (step, weight_norm)
+    ready_since: float | None = None  # first step it was due a kick while the probe ran
+    why: str = ""  # why the last kick's kind was chosen
 
 
 class KickPolicy:
@@ -141,6 +227,7 @@ class KickPolicy:
         self.config = config
         self.stats = {k.kind: KickStats() for k in config.kicks}
         self.trials: dict[str, TrialKicks] = {}
+        self.cohort: list[str] = []  # the probe cohort, in the order it was filled
         self._rng = np.random.default_rng(config.seed)
 
     def trial(self, trial_id: str) -> TrialKicks:
@@ -148,10 +235,20 @@ class KickPolicy:
 
     # -- acknowledgements ------------------------------------------------------------------
     def absorb(
-        self, trial_id: str, control: Mapping[str, float], train: tuple[float, float]
+        self,
+        trial_id: str,
+        control: Mapping[str, float],
+        train: tuple[float, float],
+        step: float | None = None,
+        weight_norm: float | None = None,
     ) -> None:
-        """Read the trainer's acknowledgements; remember the pre-kick train metrics."""
+        """Read the trainer's acknowledgements; remember the pre-kick train metrics and the
+        weight norm at ``step`` (for the norm trend)."""
         t = self.trial(trial_id)
+        if step is not None and weight_norm is not None and weight_norm > 0:
+            t.norms.append((step, weight_norm))
+            while len(t.norms) > 2 and t.norms[1][0] <= step - self.config.norm_window:
+                t.norms.pop(0)
         if CONTROL_WEIGHT_DECAY in control:
             t.weight_decay = float(control[CONTROL_WEIGHT_DECAY])
         acked = int(control.get(ACKED_ID, -1))
@@ -171,10 +268,23 @@ class KickPolicy:
         return bool(t.pending) or t.rollback_pending is not None
 
     # -- decisions --------------------------------------------------------------------------
+    def norm_trend(self, trial_id: str) -> float | None:
+        """log(|w| now / |w| about ``norm_window`` steps ago); None until that long is seen."""
+        norms = self.trial(trial_id).norms
+        if len(norms) < 2 or norms[-1][0] - norms[0][0] < self.config.norm_window / 2:
+            return None
+        return math.log(norms[-1][1] / norms[0][1])
+
+    def judged(self) -> int:
+        """Kicks the sweep has judged (helped or failed)."""
+        return sum(s.helped + s.failed for s in self.stats.values())
+
     def choose(
-        self, trial_id: str, step: float, train: tuple[float, float]
+        self, trial_id: str, step: float, train: tuple[float, float], plateau_age: float = 0.0
     ) -> tuple[int, Kick] | None:
-        """A kick to post now, or None when the trial has used its kicks or is cooling down."""
+        """A kick to post now, or None when the trial has used its kicks, is cooling down, or
+        waits for the probe cohort's first verdict. ``plateau_age``: steps its plateau has been
+        quiet."""
         t = self.trial(trial_id)
         if t.used >= self.config.max_kicks or self.awaiting(trial_id):
             return None
@@ -184,23 +294,75 @@ class KickPolicy:
         if t.weight_decay is not None and not self._weight_decay_kick_helps(t.weight_decay):
             skip.add(WEIGHT_DECAY)
         candidates = [k for k in self.config.kicks if k.kind not in skip]
-        if not candidates:
+        if not candidates or self._waits_for_probe(trial_id, step):
             return None
-        untried = [k for k in candidates if self.stats[k.kind] == KickStats()]
+        trend = self.norm_trend(trial_id)
+        ruled = [
+            rule.kind
+            for rule in self.config.first
+            if rule.matches(t.weight_decay, trend, plateau_age, self.config.norm_rise)
+        ]
+        ranked = sorted(
+            candidates,
+            key=lambda k: ruled.index(k.kind) if k.kind in ruled else len(ruled),
+        )
+        untried = [k for k in ranked if self.stats[k.kind] == KickStats()]
         if untried:
-            kick = untried[0]
+            in_flight = self._in_flight()
+            spread = [k for k in untried if k.kind not in in_flight] or untried
+            kick = spread[0]
+            why = "untried"
+            if kick.kind in ruled:
+                why += f", first for {self._context(t.weight_decay, trend, plateau_age)}"
+            if kick is not untried[0]:
+                why += f", spread from {untried[0].kind} (in flight)"
         else:
             draws = [
-                self._rng.beta(1 + self.stats[k.kind].helped, 1 + self.stats[k.kind].failed)
-                for k in candidates
+                self._rng.beta(
+                    1
+                    + self.stats[k.kind].helped
+                    + (self.config.rule_prior if k.kind in ruled else 0.0),
+                    1 + self.stats[k.kind].failed,
+                )
+                for k in ranked
             ]
-            kick = candidates[int(np.argmax(draws))]
+            kick = ranked[int(np.argmax(draws))]
+            why = "Thompson draw"
         command_id = t.next_id
         t.next_id += 1
         t.used += 1
         t.pending[command_id] = kick
         t.baseline = train
+        t.why = why
         return command_id, kick
+
+    @staticmethod
+    def _context(weight_decay: float | None, trend: float | None, age: float) -> str:
+        wd = "wd ?" if weight_decay is None else f"wd {weight_decay:.3g}"
+        norm = "|w| trend ?" if trend is None else f"|w| trend {trend:+.3f}"
+        return f"{wd}, {norm}, quiet {age:.0f} steps"
+
+    def _waits_for_probe(self, trial_id: str, step: float) -> bool:
+        """Before the sweep's first verdict only the probe cohort is kicked; another ready
+        trial waits, for at most ``probe_wait`` steps."""
+        size = self.config.probe_trials
+        if size == 0 or trial_id in self.cohort or self.judged():
+            return False
+        if len(self.cohort) < size:
+            self.cohort.append(trial_id)
+            return False
+        t = self.trial(trial_id)
+        if t.ready_since is None:
+            t.ready_since = step
+        return step - t.ready_since < self.config.probe_wait
+
+    def _in_flight(self) -> set[str]:
+        """Kinds posted or applied somewhere in the sweep and not judged yet."""
+        kinds = set()
+        for t in self.trials.values():
+            kinds |= {kick.kind for kick in t.pending.values()}
+            kinds |= {kick.kind for i, kick, _ in t.applied if i not in t.judged}
+        return kinds
 
     def _weight_decay_kick_helps(self, weight_decay: float) -> bool:
         """False at weight decay 0 (a multiple of 0 changes nothing) or when the kick would take
@@ -264,15 +426,22 @@ class KickPolicy:
         t.worse_since = None
         return rollback_id
 
-    def credit(self, trial_id: str, evidence_step: float | None, grokked: bool) -> None:
-        """Credit applied kicks followed by fresh evidence (or grokking) as having helped."""
+    def credit(
+        self, trial_id: str, evidence_step: float | None, grokked: bool, step: float | None = None
+    ) -> None:
+        """Credit applied kicks followed by fresh evidence (or grokking) as having helped; at
+        ``step``, one with none ``verdict_after`` steps after it took effect has failed."""
         t = self.trial(trial_id)
+        after = self.config.verdict_after
         for command_id, kick, applied_step in t.applied:
             if command_id in t.judged:
                 continue
             if grokked or (evidence_step is not None and evidence_step > applied_step):
                 t.judged.add(command_id)
                 self.stats[kick.kind].helped += 1
+            elif after is not None and step is not None and step - applied_step >= after:
+                t.judged.add(command_id)
+                self.stats[kick.kind].failed += 1
 
     def fail_unjudged(self, trial_id: str) -> None:
         """A trial stopped as never-grok: its kicks did not help."""

@@ -276,7 +276,7 @@ class GrokPolicy:
         phase = detector.update(obs)
         self._record(state, obs)
         if self.kicks is not None:
-            self.kicks.absorb(trial_id, obs.control, self._train(obs))
+            self.kicks.absorb(trial_id, obs.control, self._train(obs), obs.step, obs.weight_norm)
         ruling = self._intervene(trial_id, state, phase, obs)
         if ruling is None:
             ruling = self._decide(trial_id, state, detector.phase)
@@ -429,7 +429,7 @@ class GrokPolicy:
         if kicks is None:
             return None
         train = self._train(obs)
-        kicks.credit(trial_id, d.last_evidence_step, grokked=phase is Phase.GROKKED)
+        kicks.credit(trial_id, d.last_evidence_step, phase is Phase.GROKKED, obs.step)
         harm = kicks.harm(trial_id, obs.step, train, diverged=phase is Phase.DIVERGED)
         if harm:
             command_id = kicks.order_rollback(trial_id)
@@ -447,7 +447,7 @@ class GrokPolicy:
         behind = self._behind_schedule(state)
         if quiet < kicks.config.kick_at * patience and behind is None:
             return None
-        chosen = kicks.choose(trial_id, obs.step, train)
+        chosen = kicks.choose(trial_id, obs.step, train, plateau_age=quiet)
         if chosen is None:
             return None
         command_id, kick = chosen
@@ -458,7 +458,8 @@ class GrokPolicy:
         )
         reason = (
             f"kick {kick.kind} {kick.params or ''}: {why}; kick {kicks.trial(trial_id).used}"
-            f"/{kicks.config.max_kicks}; sweep stats helped/tried: {kicks.describe_stats()}"
+            f"/{kicks.config.max_kicks} ({kicks.trial(trial_id).why}); sweep stats "
+            f"helped/tried: {kicks.describe_stats()}"
         )
         kick = type(kick)(kick.kind, kick.params, kick.duration_steps, reason)
         return _Ruling(DecisionKind.KICK, Cause.KICK, reason, Command(command_id, KICK, kick))

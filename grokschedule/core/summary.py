@@ -1,11 +1,18 @@
 """The end-of-sweep account: who grokked and when, who was stopped and why, what it cost; and
-each trial's verdict, which MLflow shows in the same words (``judge``)."""
+each trial's verdict, which MLflow shows in the same words (``judge``).
+
+A trial is named by the configuration it started with (a kick by restart rewrites the trial's
+config: a weight-decay kick turns 0.3 into 0.8999999999999999, which is not what the user ran),
+and its kicks are listed next to it; numbers are rounded to 3 significant digits for people.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from grokschedule.core.decision import Decision, DecisionKind
 from grokschedule.core.phases import Phase
@@ -23,6 +30,59 @@ class Verdict:
     extended_steps: float
     kicks: int
     rollbacks: int
+    applied_kicks: tuple[str, ...] = ()  # "step 300: lr_multiply factor=3 for 300 steps", ...
+
+
+def _round(value: float) -> str:
+    """A number as people read it: 3 significant digits, no float noise (0.9, not
+    0.8999999999999999; 0.003, 1.23e+04). Private until the project's shared helper lands."""
+    if not math.isfinite(value) or value == 0:
+        return f"{value:g}"
+    return f"{float(f'{value:.3g}'):g}"
+
+
+def _human(value: Any) -> str:
+    if isinstance(value, float):
+        return _round(value)
+    return str(value)
+
+
+# The keys a trial is named by, in this order, when its config has them; others follow.
+NAME_KEYS = ("op", "p", "train_fraction", "weight_decay", "lr")
+
+
+def describe_config(
+    config: Mapping[str, Any], keys: Sequence[str] | None = None, sep: str = ","
+) -> str:
+    """``op=mul,p=61,train_fraction=0.35,weight_decay=0.3,lr=0.003``: ``keys`` (default
+    ``NAME_KEYS``; all of ``config`` for ``()``) that ``config`` has, values rounded for people."""
+    wanted = NAME_KEYS if keys is None else (keys or tuple(config))
+    return sep.join(f"{key}={_human(config[key])}" for key in wanted if key in config)
+
+
+def describe_kick_decision(decision: Decision) -> str:
+    """``step 300: lr_multiply factor=3 for 300 steps`` for a KICK decision (``""`` otherwise)."""
+    command = decision.command
+    if decision.kind is not DecisionKind.KICK or command is None or command.kick is None:
+        return ""
+    kick = command.kick
+    params = " ".join(f"{k}={_round(v)}" for k, v in sorted(kick.params.items()))
+    span = (
+        f" for {kick.duration_steps} steps" if kick.duration_steps else " for the rest of the run"
+    )
+    return f"step {decision.step:.0f}: {kick.kind} {params}".rstrip() + span
+
+
+def applied_kicks(log: Sequence[Decision]) -> tuple[str, ...]:
+    """Every kick of a decision log in words, each marked when a later ROLLBACK undid it."""
+    described: list[str] = []
+    for decision in log:
+        if decision.kind is DecisionKind.ROLLBACK and described:
+            described[-1] += " (rolled back)"
+        text = describe_kick_decision(decision)
+        if text:
+            described.append(text)
+    return tuple(described)
 
 
 def judge(
@@ -54,6 +114,7 @@ def judge(
         extended_steps=extended,
         kicks=kinds.count(DecisionKind.KICK),
         rollbacks=kinds.count(DecisionKind.ROLLBACK),
+        applied_kicks=applied_kicks(log),
     )
 
 
@@ -65,6 +126,7 @@ class TrialOutcome:
     verdict: Verdict
     last: str  # "KIND: reason" of the latest decision, "error: ..." or "no result yet"
     error: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)  # as the trial started, before kicks
 
     @classmethod
     def of(
@@ -75,15 +137,23 @@ class TrialOutcome:
         steps_used: float,
         max_t: float,
         error: str | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> TrialOutcome:
-        """``log`` and ``last``: the policy's ``decision_log`` and ``last_decision``."""
+        """``log`` and ``last``: the policy's ``decision_log`` and ``last_decision``;
+        ``config``: the trial's config as it started (kicks by restart rewrite it later)."""
         if error is not None:
             text = f"error: {error}"
         elif last is None:
             text = "no result yet"
         else:
             text = f"{last.kind.value}: {last.reason}"
-        return cls(trial_id, judge(log, steps_used, max_t, error), text, error)
+        return cls(trial_id, judge(log, steps_used, max_t, error), text, error, dict(config or {}))
+
+    @property
+    def name(self) -> str:
+        """``a1b2c_00003(op=mul,p=61,weight_decay=0.3)``: the id and the original config."""
+        described = describe_config(self.config)
+        return f"{self.trial_id}({described})" if described else self.trial_id
 
     @property
     def phase(self) -> Phase:
@@ -133,27 +203,26 @@ class SweepSummary:
         return [t for t in self.trials if t.phase in (Phase.STALLED, Phase.DIVERGED)]
 
     def render(self, names: dict[str, str] | None = None) -> str:
-        """A plain-text report for the console."""
+        """A plain-text report for the console: each trial by ``names[trial_id]`` if given,
+        else by its original config (``TrialOutcome.name``), its kicks listed under it."""
         names = names or {}
+
+        def entry(t: TrialOutcome, text: str) -> list[str]:
+            kicks = [f"    kick {k}" for k in t.verdict.applied_kicks]
+            return [f"  {names.get(t.trial_id, t.name)}{text}", *kicks]
+
         lines = [f"Grokked ({len(self.grokked)}/{len(self.trials)}):"]
-        lines += [
-            f"  {names.get(t.trial_id, t.trial_id)}: {self.metric} threshold at step "
-            f"{t.grok_step:.0f} (ran {t.steps_used:.0f} steps)"
-            for t in self.grokked
-        ]
+        for t in self.grokked:
+            grokked = f"{self.metric} threshold at step {t.grok_step:.0f}"
+            lines += entry(t, f": {grokked} (ran {t.steps_used:.0f} steps)")
         lines.append(f"Stopped ({len(self.stopped)}):")
-        lines += [
-            f"  {names.get(t.trial_id, t.trial_id)} at step {t.steps_used:.0f}: {t.last}"
-            for t in self.stopped
-        ]
+        for t in self.stopped:
+            lines += entry(t, f" at step {t.steps_used:.0f}: {t.last}")
         others = [t for t in self.trials if t not in self.grokked and t not in self.stopped]
         if others:
             lines.append(f"Other ({len(others)}):")
-            lines += [
-                f"  {names.get(t.trial_id, t.trial_id)} ({t.phase.value}, {t.steps_used:.0f} "
-                f"steps): {t.last}"
-                for t in others
-            ]
+            for t in others:
+                lines += entry(t, f" ({t.phase.value}, {t.steps_used:.0f} steps): {t.last}")
         kicked = [t for t in self.trials if t.kicks]
         if kicked:
             lines.append(

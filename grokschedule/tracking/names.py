@@ -21,6 +21,7 @@ STEPS_USED = "grok.steps_used"
 EXTENDED_STEPS = "grok.extended_steps"
 KICKS = "grok.kicks"
 ROLLBACKS = "grok.rollbacks"
+KICKS_APPLIED = "grok.kicks_applied"  # each kick in words, "; "-separated
 # sweep tags
 SUMMARY = "grok.summary"
 

@@ -33,6 +33,8 @@ def verdict_tags(verdict: Verdict) -> dict[str, str]:
     }
     if verdict.grok_step is not None:
         tags[names.GROK_STEP] = f"{verdict.grok_step:.0f}"
+    if verdict.applied_kicks:
+        tags[names.KICKS_APPLIED] = "; ".join(verdict.applied_kicks)
     return tags
 
 
