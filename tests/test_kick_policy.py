@@ -8,7 +8,7 @@ from conftest import observations
 from grokschedule.core.commands import ROLLBACK, Command
 from grokschedule.core.contract import Observation
 from grokschedule.core.decision import DecisionKind
-from grokschedule.core.kick_policy import KickConfig
+from grokschedule.core.kick_policy import FirstKick, KickConfig, KickPolicy, KickStats
 from grokschedule.core.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
 from grokschedule.core.phases import Phase
 from grokschedule.core.policy import GrokPolicy, PolicyConfig
@@ -241,3 +241,90 @@ def test_a_kick_credited_as_helping_is_still_rolled_back_if_it_diverges_later() 
     blown = Observation(step=step + 50, target=0.0, train_loss=math.inf, control=ack)
     decision = policy.observe("late", blown)
     assert decision.kind is DecisionKind.ROLLBACK and "diverged" in decision.reason
+
+
+# -- the first kick by what is known of a trial; staggered first kicks ---------------------------
+THREE = (
+    Kick(GROKFAST),
+    Kick(LR_MULTIPLY, {"factor": 3.0}, 100),
+    Kick(WEIGHT_DECAY, {"factor": 3.0}, 600),
+)
+TRAIN = (0.01, 1.0)
+
+
+def _seen(kicks: KickPolicy, trial: str, weight_decay: float, norms: list[float]) -> None:
+    """The trial's weight decay and its weight norm every 100 steps, as the trainer reports."""
+    for i, norm in enumerate(norms):
+        kicks.absorb(trial, {"control/weight_decay": weight_decay}, TRAIN, 100.0 * i, norm)
+
+
+def test_the_first_kick_depends_on_weight_decay_and_norm_trend() -> None:
+    rules = (
+        FirstKick(WEIGHT_DECAY, min_weight_decay=0.01, max_weight_decay=0.5),
+        FirstKick(LR_MULTIPLY, norm="rising"),
+    )
+    kicks = KickPolicy(KickConfig(kicks=THREE, first=rules, probe_trials=0, norm_window=200))
+    _seen(kicks, "weak decay", 0.1, [10.0, 10.0, 10.0])
+    _seen(kicks, "rising norm", 1.0, [10.0, 11.0, 12.0])
+    _seen(kicks, "flat norm", 1.0, [10.0, 10.0, 10.0])
+    assert kicks.norm_trend("rising norm") == pytest.approx(math.log(1.2))
+    chosen = {trial: kicks.choose(trial, 300.0, TRAIN)[1].kind for trial in kicks.trials}
+    assert chosen == {
+        "weak decay": WEIGHT_DECAY,  # would be grokfast by list order
+        "rising norm": LR_MULTIPLY,
+        "flat norm": GROKFAST,  # no rule matches: the list's order
+    }
+    assert "first for wd 0.1" in kicks.trial("weak decay").why
+    # Without the rules every untried trial would get the first kind listed that is not in
+    # flight: the rules, not the order, made the choice above.
+    plain = KickPolicy(KickConfig(kicks=THREE, probe_trials=0))
+    _seen(plain, "weak decay", 0.1, [10.0, 10.0, 10.0])
+    assert plain.choose("weak decay", 300.0, TRAIN)[1].kind == GROKFAST
+
+
+def test_only_the_probe_cohort_is_kicked_before_the_first_verdict() -> None:
+    kicks = KickPolicy(KickConfig(kicks=THREE, probe_trials=2, probe_wait=300))
+    first = {trial: kicks.choose(trial, 500.0, TRAIN) for trial in ("a", "b", "c", "d")}
+    assert first["c"] is None and first["d"] is None  # outside the cohort: they wait
+    # The cohort tries two kinds at once, not the same one twice.
+    assert [first[t][1].kind for t in ("a", "b")] == [GROKFAST, LR_MULTIPLY]
+    assert kicks.cohort == ["a", "b"]
+    assert kicks.choose("c", 700.0, TRAIN) is None  # still no verdict, waited 200 < 300
+    kicks.absorb("a", {"control/acked_id": 0, "control/applied_step": 501.0}, TRAIN)
+    kicks.credit("a", evidence_step=650.0, grokked=False)  # the first verdict: grokfast helped
+    assert kicks.stats[GROKFAST].helped == 1
+    assert kicks.choose("c", 750.0, TRAIN) is not None  # the verdict frees the others
+
+
+def test_a_trial_outside_the_cohort_waits_no_longer_than_probe_wait() -> None:
+    kicks = KickPolicy(KickConfig(kicks=THREE, probe_trials=1, probe_wait=300))
+    assert kicks.choose("a", 500.0, TRAIN) is not None
+    assert kicks.choose("b", 500.0, TRAIN) is None
+    assert kicks.choose("b", 750.0, TRAIN) is None
+    late = kicks.choose("b", 800.0, TRAIN)  # 300 steps after it was first ready: kicked anyway
+    assert late is not None and late[1].kind == LR_MULTIPLY  # grokfast is in flight on "a"
+
+
+def test_a_kick_with_no_evidence_for_verdict_after_steps_has_failed() -> None:
+    kicks = KickPolicy(KickConfig(kicks=THREE, probe_trials=0, verdict_after=1000))
+    kicks.choose("a", 500.0, TRAIN)
+    kicks.absorb("a", {"control/acked_id": 0, "control/applied_step": 501.0}, TRAIN)
+    kicks.credit("a", evidence_step=None, grokked=False, step=1400.0)
+    assert kicks.stats[GROKFAST] == KickStats()  # not yet
+    kicks.credit("a", evidence_step=None, grokked=False, step=1501.0)
+    assert kicks.stats[GROKFAST].failed == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"probe_trials": -1}, "probe_trials"),
+        ({"probe_trials": 1.5}, "probe_trials"),
+        ({"verdict_after": 0}, "verdict_after"),
+        ({"first": [{"kind": "teleport"}]}, "FirstKick.kind"),
+        ({"first": [{"kind": "grokfast", "norm": "up"}]}, "FirstKick.norm"),
+    ],
+)
+def test_bad_first_kick_and_probe_settings_name_the_field(options, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        KickConfig.from_user(options)

@@ -40,3 +40,40 @@ def test_summary_counts_outcomes_compute_and_kicks(recorded_curves) -> None:
     text = summary.render()
     assert "Interventions: 1 kicks on 1 trials, 0 rolled back; 0 kicked trials grokked" in text
     assert f"to run every trial to max_t=3,000 ({summary.steps_used / 6000:.0%})" in text
+
+
+def test_a_trial_is_named_by_its_original_config_rounded_with_its_kicks_listed() -> None:
+    from grokschedule.core.contract import Observation
+    from grokschedule.core.kicks import WEIGHT_DECAY, Kick
+    from grokschedule.core.summary import describe_config
+    from grokschedule.tracking import names
+    from grokschedule.tracking.timeline import verdict_tags
+
+    kicks = KickConfig(kicks=(Kick(WEIGHT_DECAY, {"factor": 3.0}, 600),), max_kicks=1)
+    policy = GrokPolicy(
+        PolicyConfig(patience_factor=10.0, judge_after=2.0, max_t=3000, interventions=kicks)
+    )
+    for step in range(50, 1501, 50):
+        policy.observe(
+            "t1",
+            Observation(step=step, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0),
+        )
+    kick = next(d for d in policy.decision_log("t1") if d.kind is DecisionKind.KICK)
+    # The config the trial started with; a kick by restart later rewrites trial.config to
+    # weight_decay=0.8999999999999999, which must not name it.
+    started = {"op": "mul", "p": 61, "train_fraction": 0.35, "weight_decay": 0.3, "lr": 0.003}
+    started["lr"] = 0.1 * 0.03  # 0.0030000000000000005: float noise in the original too
+    outcome = TrialOutcome.of(
+        "t1", policy.decision_log("t1"), policy.last_decision("t1"), 1500, 3000, config=started
+    )
+    assert outcome.name == "t1(op=mul,p=61,train_fraction=0.35,weight_decay=0.3,lr=0.003)"
+    expected = f"step {kick.step:.0f}: weight_decay factor=3 for 600 steps"
+    assert outcome.verdict.applied_kicks == (expected,)
+    text = SweepSummary([outcome], max_t=3000, metric="val_acc").render()
+    assert "  t1(op=mul,p=61,train_fraction=0.35,weight_decay=0.3,lr=0.003) (" in text
+    assert f"    kick {expected}" in text
+    assert "0.8999" not in text and "0.0030000" not in text
+    assert verdict_tags(outcome.verdict)[names.KICKS_APPLIED] == expected  # MLflow: the same
+    assert describe_config({"weight_decay": 0.8999999999999999, "lr": 12345.678}) == (
+        "weight_decay=0.9,lr=1.23e+04"
+    )

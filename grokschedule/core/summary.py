@@ -8,7 +8,6 @@ and its kicks are listed next to it; numbers are rounded to 3 significant digits
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +34,8 @@ class Verdict:
 
 def _round(value: float) -> str:
     """A number as people read it: 3 significant digits, no float noise (0.9, not
-    0.8999999999999999; 0.003, 1.23e+04). Private until the project's shared helper lands."""
-    if not math.isfinite(value) or value == 0:
-        return f"{value:g}"
-    return f"{float(f'{value:.3g}'):g}"
+    0.8999999999999999; 0.003; 1.23e+04). Private until the project's shared helper lands."""
+    return f"{value:.3g}"
 
 
 def _human(value: Any) -> str:
