@@ -36,7 +36,7 @@ import json
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,9 +90,12 @@ BENCH_KICKS = (
 )
 
 
-def bench_policy(settings: BenchSettings, kicks: Sequence[Kick] = BENCH_KICKS) -> PolicyConfig:
+def bench_policy(
+    settings: BenchSettings, kicks: Sequence[Kick] = BENCH_KICKS, **kick_options: Any
+) -> PolicyConfig:
     """The policy the benchmark runs: kick as soon as the plateau is quiet right after
-    memorization (``kick_at`` × ``min_patience`` = one evaluation), one kind at a time."""
+    memorization (``kick_at`` × ``min_patience`` = one evaluation), one kind at a time.
+    ``kick_options``: other ``KickConfig`` fields (``probe_trials``, ``first``, ...)."""
     return PolicyConfig(
         metric="val_acc",
         mode="max",
@@ -109,6 +112,7 @@ def bench_policy(settings: BenchSettings, kicks: Sequence[Kick] = BENCH_KICKS) -
             cooldown=6 * settings.eval_every,
             max_weight_decay=1.0,
             rollback_window=2 * settings.eval_every,
+            **({"first": ()} | kick_options),
         ),
     )
 
@@ -171,6 +175,20 @@ class _Forgetting:
 def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None = None) -> RunResult:
     """Train one run of ``spec.kind``; stops ``settings.tail`` steps after it groks. ``decide``
     (default: ``PolicyDecide(bench_policy(settings))``) is used for ``policy`` runs."""
+    steps = _steps(spec, settings, decide)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: RunResult = done.value
+            return result
+
+
+def _steps(
+    spec: RunSpec, settings: BenchSettings, decide: Decide | None
+) -> Generator[None, None, RunResult]:
+    """``run_one`` one evaluation at a time (it yields after each), so runs can be interleaved
+    as a sweep's concurrent trials are; returns the result."""
     torch.set_num_threads(1)
     start = time.perf_counter()
     config = TrainConfig(
@@ -224,6 +242,7 @@ def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None = None
                 break
         if grok_step is not None and step >= grok_step + settings.tail:
             break
+        yield
     return RunResult(
         spec=spec,
         grok_step=grok_step,
@@ -239,11 +258,36 @@ def run_one(spec: RunSpec, settings: BenchSettings, decide: Decide | None = None
     )
 
 
+def run_lockstep(
+    specs: Sequence[RunSpec], settings: BenchSettings, decide: Decide
+) -> list[RunResult]:
+    """All runs in one process, one evaluation each in turn, sharing ``decide``: as a sweep's
+    trials run side by side, so every run reaches its plateau before any kick is judged."""
+    running = {i: _steps(spec, settings, decide) for i, spec in enumerate(specs)}
+    results: dict[int, RunResult] = {}
+    while running:
+        for i, steps in list(running.items()):
+            try:
+                next(steps)
+            except StopIteration as done:
+                results[i] = done.value
+                del running[i]
+    return [results[i] for i in range(len(specs))]
+
+
 def run_grid(
-    specs: Sequence[RunSpec], settings: BenchSettings, decide: Decide | None, workers: int
+    specs: Sequence[RunSpec],
+    settings: BenchSettings,
+    decide: Decide | None,
+    workers: int,
+    lockstep: bool = False,
 ) -> list[RunResult]:
     """All runs, ``workers`` processes at a time (each one torch thread). In one process the
-    policy runs share one ``decide``, so the kick-kind bandit learns across them."""
+    policy runs share one ``decide``, so the kick-kind bandit learns across them: one run after
+    the other, or with ``lockstep`` side by side (``run_lockstep``)."""
+    if lockstep:
+        shared = decide or PolicyDecide(bench_policy(settings))
+        return run_lockstep(specs, settings, shared)
     if workers <= 1:
         shared = decide or PolicyDecide(bench_policy(settings))
         return [run_one(spec, settings, shared) for spec in specs]
@@ -339,7 +383,25 @@ def interventions_bench_main(
     parser.add_argument("--hidden-dim", type=int, default=BenchSettings.hidden_dim)
     parser.add_argument("--workers", type=int, default=min(2, multiprocessing.cpu_count()))
     parser.add_argument("--output", type=Path, default=Path("interventions_bench.json"))
+    parser.add_argument(
+        "--product-kicks",
+        action="store_true",
+        help="the product's default kicks and first-kick rules instead of the bench's own",
+    )
+    parser.add_argument(
+        "--probe-trials",
+        type=int,
+        default=0,
+        help="KickConfig.probe_trials: trials kicked before the sweep's first verdict (0: all)",
+    )
+    parser.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="run every run side by side in one process (as a sweep's trials), one shared policy",
+    )
     args = parser.parse_args(argv)
+    if args.probe_trials < 0:
+        parser.error(f"--probe-trials must be >= 0, got {args.probe_trials}")
     if "adamw" not in args.kinds:
         parser.error("--kinds needs adamw: every other kind is compared with it")
     settings = BenchSettings(
@@ -356,8 +418,14 @@ def interventions_bench_main(
             args.p, args.train_fraction, args.weight_decay, args.seeds, args.kinds
         )
     ]
+    if decide is None:
+        options: dict[str, Any] = {"probe_trials": args.probe_trials}
+        kicks: Sequence[Kick] = BENCH_KICKS
+        if args.product_kicks:
+            kicks, options["first"] = KickConfig().kicks, KickConfig().first
+        decide = PolicyDecide(bench_policy(settings, kicks, **options))
     start = time.perf_counter()
-    results = run_grid(specs, settings, decide, args.workers)
+    results = run_grid(specs, settings, decide, args.workers, args.lockstep)
     rows = summarize(results, settings.steps)
     print(markdown_table(rows))
     print(f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s")

@@ -52,6 +52,7 @@ from grokschedule.bench.bank_models import (
     Params,
     flush_denormals,
 )
+from grokschedule.core.contract import CONTROL_WEIGHT_DECAY
 from grokschedule.core.kick_policy import KickConfig, KickPolicy
 from grokschedule.core.kicks import (
     GRAD_NOISE,
@@ -561,9 +562,36 @@ def judge_chunk(chunk: Chunk, curves: np.ndarray, steps: np.ndarray) -> list[Run
     return out
 
 
+DEFAULTS = "defaults"  # the label of the first kick the product's defaults would give
+
+
+def defaults_outcomes(
+    outcomes: Sequence[RunOutcome], kicks: Sequence[TableKick]
+) -> list[RunOutcome]:
+    """Per config, the run of the first kick ``KickPolicy(KickConfig())`` (the product's
+    defaults and ``FirstKick`` rules) picks for a trial of its weight decay, at age 1×; a config
+    whose pick is not in the table is left out (say so when it is)."""
+    by_kick = {k.kick: k.label for k in kicks if k.kick is not None}
+    runs = {(o.config, o.kick, o.age): o for o in outcomes}
+    picked = []
+    for o in outcomes:
+        if o.kick != PLAIN:
+            continue
+        policy = KickPolicy(KickConfig(probe_trials=0))
+        policy.absorb("trial", {CONTROL_WEIGHT_DECAY: o.weight_decay}, (0.0, 1.0))
+        chosen = policy.choose("trial", 0.0, (0.0, 1.0))
+        label = None if chosen is None else by_kick.get(chosen[1])
+        run = runs.get((o.config, label, 1.0)) if label is not None else None
+        if run is not None:
+            picked.append(dataclasses.replace(run, kick=DEFAULTS, age=0.0))
+    return picked
+
+
 def variant(outcome: RunOutcome) -> str:
     """A kick at one age: ``"lr×3 300 @2×"``; the plain run is ``PLAIN``."""
-    return PLAIN if outcome.kick == PLAIN else f"{outcome.kick} @{outcome.age:g}×"
+    if outcome.kick in (PLAIN, DEFAULTS):
+        return outcome.kick
+    return f"{outcome.kick} @{outcome.age:g}×"
 
 
 def summarize(outcomes: Sequence[RunOutcome], budget: int) -> list[dict[str, Any]]:
@@ -737,6 +765,7 @@ def kicks_main(argv: Sequence[str] | None = None) -> int:
     if args.curves is not None:
         np.savez_compressed(args.curves, **{f"chunk-{i}": c for i, c in curves.items()})
     wall = time.perf_counter() - began
+    outcomes += defaults_outcomes(outcomes, preset.kicks)
     rows = summarize(outcomes, preset.steps)
     worst = worst_groups(rows)
     best = best_per_group(rows)
@@ -760,7 +789,7 @@ def kicks_main(argv: Sequence[str] | None = None) -> int:
         for p, b in zip(plain, best, strict=True)
     ]
     print(markdown(merged, merged[0].keys() if merged else ()))
-    forgetting = [o for o in outcomes if o.forgot]
+    forgetting = [o for o in outcomes if o.forgot and o.kick != DEFAULTS]
     print(f"\nforgetting incidents: {len(forgetting)}")
     for o in forgetting[:20]:
         print(f"  config {o.config} ({o.group}) {variant(o)}: kick at {o.kick_step}")

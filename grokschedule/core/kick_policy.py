@@ -11,8 +11,9 @@ first round of a bandit, which with no data to sample from would otherwise pick 
 Which kind goes first depends on what is known of the trial (``FirstKick`` rules, measured in
 the kick table, ``grokschedule bench kicks``): its weight decay, its weight-norm trend (the log
 change of ``weight_norm`` over the last ``norm_window`` steps) and its plateau age (steps quiet);
-the first rule that matches names the kind, else the order of ``KickConfig.kicks``. A rule's
-kind also gets ``rule_prior`` pseudo-successes in the draw once kinds have been judged.
+the first rule that matches (and names a kind the trial may get) puts its kind first, the others
+follow in the order of ``KickConfig.kicks``, as every later kick of the trial does. That kind also gets ``rule_prior``
+pseudo-successes in the draw once kinds have been judged.
 
 A sweep learns which kind works only from kicks it has judged, so the first kicks are staggered:
 until the sweep's first verdict, only a probe cohort of ``probe_trials`` trials (the first to be
@@ -44,14 +45,35 @@ from typing import Any
 import numpy as np
 
 from grokschedule.core.contract import ACKED_ID, APPLIED_STEP, CONTROL_WEIGHT_DECAY
-from grokschedule.core.kicks import GROKFAST, KINDS, LR_MULTIPLY, ORTHO_GRAD, WEIGHT_DECAY, Kick
-
-DEFAULT_KICKS: tuple[Kick, ...] = (
-    Kick(GROKFAST, {"alpha": 0.98, "lamb": 2.0}),
-    Kick(LR_MULTIPLY, {"factor": 3.0}, duration_steps=300),
-    Kick(WEIGHT_DECAY, {"factor": 3.0}, duration_steps=600),
-    Kick(ORTHO_GRAD),
+from grokschedule.core.kicks import (
+    GROKFAST,
+    KINDS,
+    LR_CYCLE,
+    LR_MULTIPLY,
+    ORTHO_GRAD,
+    WEIGHT_DECAY,
+    Kick,
 )
+
+# Chosen from the kick table (``grokschedule bench kicks --preset cpu``, BENCHMARKS.md): the
+# kinds that lost no run in the weight-decay band they are for. An lr cycle (×10 over 400 steps)
+# sped up the strong-decay runs most (1.7× median) and lost none anywhere, lr × 3 next (1.5×;
+# also the lr cycle's stand-in for trainables that take only config changes); ⊥Grad for 250
+# steps is the weak-decay runs' first kick (1.75×, and 1 of 6 runs at weight decay 0 grokked
+# only with it; at strong decay it lost a run, so it is not first there), and a raise helps only
+# weak decay (``max_weight_decay`` 1 keeps it there: raised past 1 it made runs forget and lost
+# some). Grokfast sped up none and slowed strong-decay runs (0.8×), so it is no longer a default
+# (``"grokfast"`` still names its template).
+DEFAULT_KICKS: tuple[Kick, ...] = (
+    Kick(LR_CYCLE, {"peak": 10.0}, duration_steps=400),
+    Kick(LR_MULTIPLY, {"factor": 3.0}, duration_steps=300),
+    Kick(ORTHO_GRAD, duration_steps=250),
+    Kick(WEIGHT_DECAY, {"factor": 3.0}, duration_steps=600),
+)
+# Templates by name for ``KickConfig.from_user``: the defaults and Grokfast-EMA.
+TEMPLATES: dict[str, Kick] = {k.kind: k for k in DEFAULT_KICKS} | {
+    GROKFAST: Kick(GROKFAST, {"alpha": 0.98, "lamb": 2.0})
+}
 
 
 NORM_TRENDS = ("any", "rising", "flat_or_falling")
@@ -99,7 +121,15 @@ class FirstKick:
         return wd_ok and norm_ok and age >= self.min_age
 
 
-DEFAULT_FIRST: tuple[FirstKick, ...] = ()
+# The table's per-band winners: weak decay (< 0.5) ⊥Grad, strong decay the lr cycle; with the
+# weight decay unknown, a rising weight norm (weak decay's sign in the table) picks ⊥Grad.
+# Neither winner changed with the plateau's age (kicked at 1× or 4× the memorization step), so
+# no rule uses ``min_age``.
+DEFAULT_FIRST: tuple[FirstKick, ...] = (
+    FirstKick(ORTHO_GRAD, max_weight_decay=0.5),
+    FirstKick(LR_CYCLE, min_weight_decay=0.5),
+    FirstKick(ORTHO_GRAD, norm="rising"),
+)
 
 
 @dataclass(frozen=True)
@@ -114,7 +144,7 @@ class KickConfig:
     rollback_window: float = 200
     rollback_recovery: float = 2.0
     seed: int = 0
-    max_weight_decay: float | None = None  # no weight-decay kick beyond it (None: no limit)
+    max_weight_decay: float | None = 1.0  # no weight-decay kick beyond it (None: no limit)
     first: tuple[FirstKick, ...] = DEFAULT_FIRST  # which kind first, by what is known of a trial
     norm_window: float = 200  # steps the weight-norm trend is measured over
     norm_rise: float = 0.01  # a log-norm rise above this over the window is "rising"
@@ -174,7 +204,7 @@ class KickConfig:
 
 
 def _templates(items: Sequence[str | Kick | Mapping[str, Any]]) -> tuple[Kick, ...]:
-    defaults = {k.kind: k for k in DEFAULT_KICKS}
+    defaults = TEMPLATES
     kicks = []
     for item in items:
         if isinstance(item, Kick):
@@ -300,8 +330,10 @@ class KickPolicy:
         ruled = [
             rule.kind
             for rule in self.config.first
-            if rule.matches(t.weight_decay, trend, plateau_age, self.config.norm_rise)
-        ]
+            if t.used == 0  # the rules pick a trial's first kick; later ones follow the list
+            and rule.kind not in skip
+            and rule.matches(t.weight_decay, trend, plateau_age, self.config.norm_rise)
+        ][:1]
         ranked = sorted(
             candidates,
             key=lambda k: ruled.index(k.kind) if k.kind in ruled else len(ruled),
