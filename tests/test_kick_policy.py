@@ -302,7 +302,7 @@ def test_a_trial_outside_the_cohort_waits_no_longer_than_probe_wait() -> None:
     assert kicks.choose("b", 500.0, TRAIN) is None
     assert kicks.choose("b", 750.0, TRAIN) is None
     late = kicks.choose("b", 800.0, TRAIN)  # 300 steps after it was first ready: kicked anyway
-    assert late is not None and late[1].kind == LR_MULTIPLY  # grokfast is in flight on "a"
+    assert late is not None and late[1].kind == GROKFAST  # its own pick: no spread outside
 
 
 def test_a_kick_with_no_evidence_for_verdict_after_steps_has_failed() -> None:

@@ -340,7 +340,9 @@ class KickPolicy:
         )
         untried = [k for k in ranked if self.stats[k.kind] == KickStats()]
         if untried:
-            in_flight = self._in_flight()
+            # The probe cohort tries different kinds at once; any other trial takes its own.
+            probing = trial_id in self.cohort and not self.judged()
+            in_flight = self._in_flight() if probing else set()
             spread = [k for k in untried if k.kind not in in_flight] or untried
             kick = spread[0]
             why = "untried"
