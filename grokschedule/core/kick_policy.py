@@ -12,8 +12,8 @@ Which kind goes first depends on what is known of the trial (``FirstKick`` rules
 the kick table, ``grokschedule bench kicks``): its weight decay, its weight-norm trend (the log
 change of ``weight_norm`` over the last ``norm_window`` steps) and its plateau age (steps quiet);
 the first rule that matches (and names a kind the trial may get) puts its kind first, the others
-follow in the order of ``KickConfig.kicks``, as every later kick of the trial does. That kind also gets ``rule_prior``
-pseudo-successes in the draw once kinds have been judged.
+follow in the order of ``KickConfig.kicks``, as for every later kick of the trial. Once kinds
+have been judged, that kind gets ``rule_prior`` pseudo-successes in the Thompson draw.
 
 A sweep learns which kind works only from kicks it has judged, so the first kicks are staggered:
 until the sweep's first verdict, only a probe cohort of ``probe_trials`` trials (the first to be
