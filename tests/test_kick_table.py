@@ -13,6 +13,7 @@ import torch
 from grokschedule.bench.bank_chunks import record_steps
 from grokschedule.bench.bank_models import METRICS, ModelBatch
 from grokschedule.bench.kick_table import (
+    DEFAULTS,
     PLAIN,
     TABLE_KICKS,
     KickedAdamW,
@@ -43,7 +44,15 @@ def test_tiny_table_runs_and_writes_every_run(tmp_path: Path, capsys) -> None:
     assert len(table["runs"]) == per_config
     kicked = [r for r in table["runs"] if r["kick"] != PLAIN]
     assert kicked and all(r["kick_step"] == r["memorized_step"] for r in kicked)  # age 1×
-    assert {w["variant"] for w in table["worst"]} >= {PLAIN, "norm ×0.7 500 @1×"}
+    assert {w["variant"] for w in table["worst"]} >= {PLAIN, DEFAULTS, "norm ×0.7 500 @1×"}
+    # The defaults' row is the run of the kick KickConfig() picks first at weight decay 1.
+    defaults = next(r for r in table["rows"] if r["group"] == "all" and r["variant"] == DEFAULTS)
+    picked = next(
+        r for r in table["rows"] if r["group"] == "all" and r["variant"] == "lr cycle ×10 400 @1×"
+    )
+    assert {k: v for k, v in defaults.items() if k != "variant"} == {
+        k: v for k, v in picked.items() if k != "variant"
+    }
     assert "Per kick, its worst group" in capsys.readouterr().out
 
 
