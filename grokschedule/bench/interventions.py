@@ -8,7 +8,9 @@ the product's: ``GrokPolicy`` with interventions (``PolicyDecide``, configured b
 acknowledgements, and ``control/weight_decay``, the optimizer's current weight decay. A STOP
 before grokking ends the run, as it would end the trial. With ``--workers`` > 1 each run gets
 its own copy of the policy, so the kick-kind bandit does not learn across runs there; with
-``--workers 1`` it does, in grid order.
+``--workers 1`` it does, in grid order, and with ``--lockstep`` the runs go side by side (one
+evaluation each in turn), as a sweep's concurrent trials do, so every run reaches its plateau
+before a kick is judged: the case the probe cohort (``--probe-trials``) is for.
 
 Kinds of run:
 
