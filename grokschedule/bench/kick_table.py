@@ -5,13 +5,13 @@ Eight runs say little about a kick; this trains hundreds at once with the curve 
 forward/backward). Every config is trained as one plain AdamW run plus one copy per (kick, age):
 the copies are the plain run bit for bit until their kick, which each gets once its config's
 plain run has memorized its training set (train_acc ≥ 0.99) at step ``m``, at step ``age × m``
-(``AGES`` 1×, 2×, 4×: a plateau just begun, or older; the ``cpu`` preset takes 1× and 4×).
-The kicks are the product's kinds (``core.kicks``) with the sizes listed in ``TABLE_KICKS``,
-applied per model by a batched optimizer that does what ``training.kick_applier`` does to one model, plus the Omnigrok remedy
-(Liu et al. 2022, arXiv 2210.01117), a weight-norm rescale toward a target norm, which no trainer
-carries out yet (``NORM_RESCALE``: table only). A ``batch_size`` kick is left out: the bank
-trains full-batch, where accumulating more micro-batches of the same batch changes nothing but
-the lr rule.
+(``AGES`` 1×, 2×, 4×: a plateau just begun, or older; the ``cpu`` preset takes 1× and 4×). The
+kicks are the product's kinds (``core.kicks``) with the sizes listed in ``TABLE_KICKS``, applied
+per model by a batched optimizer that does what ``training.kick_applier`` does to one model,
+plus the Omnigrok remedy (Liu et al. 2022, arXiv 2210.01117), a weight-norm rescale toward a
+target norm, which no trainer carries out yet (``NORM_RESCALE``: table only). A ``batch_size``
+kick is left out: the bank trains full-batch, where accumulating more micro-batches of the same
+batch changes nothing but the lr rule.
 
 Per run: steps to grok (first record with val_acc ≥ 0.95; never = the budget in medians),
 forgetting (train_acc falls ``FORGET_DROP`` below its best and is not back within
