@@ -21,11 +21,8 @@ import time
 from pathlib import Path
 
 import ray
-from ray._private import ray_constants, services
-from ray._private.state import state as ray_state
-from ray.autoscaler._private.util import format_readonly_node_type
-from ray.experimental.internal_kv import _internal_kv_get
 
+from grokschedule.adapters import ray_compat
 from grokschedule.app.runner import run_sweep
 from grokschedule.app.spec import ClusterView, SpecError, SweepSpec, check_fits, load_spec
 
@@ -51,7 +48,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
         print(f"grokschedule sweep: {e}", file=sys.stderr)
         return 2
     print(describe(spec))
-    joining = services.canonicalize_bootstrap_address(args.address) is not None
+    joining = ray_compat.bootstrap_address(args.address) is not None
     if args.dry_run and not joining:
         print("Dry run: the spec is valid (no cluster to check its resources against).")
         return 0
@@ -115,16 +112,11 @@ def cluster_view(autoscaled: bool) -> ClusterView:
     not all anonymous "readonly" nodes is taken to autoscale into shapes the driver cannot see.
     A cluster this command started itself has no autoscaler."""
     nodes = tuple(node["Resources"] for node in ray.nodes() if node["Alive"])
-    config = ray_state.get_cluster_config()  # Ray Data reads autoscaler node types the same way
-    node_types = (
-        tuple(dict(group.resources) for group in config.node_group_configs) if config else ()
-    )
+    node_types = ray_compat.autoscaler_node_types()
     opaque = False
     if autoscaled and not node_types:
-        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        report = (json.loads(status).get("autoscaler_report") or {}) if status else {}
-        mapping = report.get("node_type_mapping") or {}
-        opaque = any(kind != format_readonly_node_type(key) for key, kind in mapping.items())
+        mapping = ray_compat.autoscaler_node_type_mapping()
+        opaque = any(kind != ray_compat.readonly_node_type(key) for key, kind in mapping.items())
     return ClusterView(nodes=nodes, node_types=node_types, opaque_autoscaler=opaque)
 
 
