@@ -1,5 +1,7 @@
 """``grokschedule sweep SPEC.yaml [--dry-run] [--address ADDR]``: run the sweep a spec describes.
 
+``grokschedule sweep --schema`` prints the spec format's JSON Schema, for editors.
+
 Order of events, so that mistakes cost seconds, not a cluster's worth of GPU time: read and
 check the whole spec; connect to Ray; check that some node (or node type the autoscaler reports)
 can host a trial; only then start Tune. ``--dry-run`` stops before Tune, and checks the spec
@@ -24,12 +26,24 @@ import ray
 
 from grokschedule.adapters import ray_compat
 from grokschedule.app.runner import run_sweep
-from grokschedule.app.spec import ClusterView, SpecError, SweepSpec, check_fits, load_spec
+from grokschedule.app.spec import (
+    ClusterView,
+    SpecError,
+    SweepSpec,
+    check_fits,
+    load_spec,
+    spec_schema,
+)
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grokschedule sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("spec", type=Path, help="the sweep spec (YAML); see sweeps/")
+    parser.add_argument("spec", type=Path, nargs="?", help="the sweep spec (YAML); see sweeps/")
+    parser.add_argument(
+        "--schema",
+        action="store_true",
+        help="print the JSON Schema of a spec file (for editors' YAML support) and exit",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -41,6 +55,11 @@ def sweep_main(argv: list[str] | None = None) -> int:
         "`ray start` started on this machine, else a new local one)",
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.schema:
+        print(json.dumps(spec_schema(), indent=2))
+        return 0
+    if args.spec is None:
+        parser.error("give a spec file (or --schema)")
     started = time.monotonic()
     try:
         spec = load_spec(args.spec)
