@@ -273,7 +273,8 @@ class _SchedulerChecks(_Section):
             for key, value in data.items()
             if key in cls.model_fields and all(err["loc"][:1] != (key,) for err in errors)
         }
-        found, together = _check_each(lambda args: GrokScheduler(**args), _one_each(typed))
+        each = {key: [((key,), value)] for key, value in typed.items()}
+        found, together = _check_each(lambda args: GrokScheduler(**args), each)
         messages = [message for _, message in found] + ([together] if together else [])
         for message in messages:
             first = message.split(" ", 1)[0]  # GrokScheduler's messages start with the argument
@@ -693,10 +694,6 @@ def _check_each(
     return problems, None
 
 
-def _one_each(arguments: Mapping[str, Any]) -> dict[str, list[tuple[Loc, Any]]]:
-    return {key: [((key,), value)] for key, value in arguments.items()}
-
-
 @functools.cache
 def _adapter(hint: Any) -> TypeAdapter[Any]:
     return TypeAdapter(hint, config=ConfigDict(strict=True))
@@ -748,7 +745,7 @@ def _problem(detail: Any, data: Any) -> tuple[str, str]:
     loc, kind, value = tuple(detail["loc"]), detail["type"], detail["input"]
     if kind == "spec":  # raised by the spec's own checks, already in its words
         return _path(loc), str(detail["msg"])
-    if loc[-1:] == ("[key]",):
+    if loc[-1:] == ("[key]",) and len(loc) > 1 and not isinstance(loc[-2], str):  # dict keys
         return _path(loc[:-2]), f"keys must be strings, got {_show(loc[-2])} — quote it"
     if kind == "invalid_key":
         return _path(loc[:-1]), f"keys must be strings, got {_show(value)} — quote it"
