@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the local demo sweep (Ray + MLflow on sqlite)")
     demo.add_argument("--root", type=Path, default=Path("grokschedule_runs"))
     demo.add_argument("--quick", action="store_true", help="4 trials instead of 12")
-    commands.add_parser("sweep", help="run a sweep from a YAML spec: sweep SPEC.yaml [--dry-run]")
+    commands.add_parser(
+        "sweep",
+        help="run a sweep from a YAML spec: sweep SPEC.yaml [--dry-run]; sweep --schema prints "
+        "the spec's JSON Schema",
+    )
     commands.add_parser("report", help="a sweep's summary from MLflow: report --experiment NAME")
     bench = commands.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="then that benchmark's options")

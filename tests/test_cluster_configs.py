@@ -1,7 +1,8 @@
 """Offline checks of cluster_configs/: Ray's own config validation, KubeRay shape, security rules.
 
-Nothing here starts a cluster, calls a cloud API or opens a socket, and nothing imports
-grokschedule: the configs are data, checked with the validators Ray 2.60 itself runs on them.
+Nothing here starts a cluster, calls a cloud API or opens a socket, and nothing of grokschedule
+is used but its Ray compatibility module: the configs are data, checked with the validators
+Ray 2.60 itself runs on them (reached through grokschedule.adapters.ray_compat).
 Each rule is a function returning findings that name the offending field, so every rule has
 a negative test that feeds it a broken copy.
 """
@@ -25,11 +26,13 @@ import pytest
 import ray
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from ray.autoscaler._private.kuberay.autoscaling_config import (
-    _derive_autoscaling_config_from_ray_cr,
-)
-from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import cli as ray_cli
+
+from grokschedule.adapters.ray_compat import (
+    kuberay_autoscaling_config as _derive_autoscaling_config_from_ray_cr,
+)
+from grokschedule.adapters.ray_compat import prepare_cluster_config as prepare_config
+from grokschedule.adapters.ray_compat import validate_cluster_config as validate_config
 
 Config = dict[str, Any]
 Mutation = Callable[[Config], object]

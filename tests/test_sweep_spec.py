@@ -4,13 +4,15 @@ Ray starts; the shipped specs in sweeps/ are valid."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
@@ -18,6 +20,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from grokschedule.adapters.trainables.modular import modular_trainable
 from grokschedule.app.spec import (
     REQUIRED,
+    SAMPLERS,
     SECTIONS,
     ClusterView,
     SpecError,
@@ -269,6 +272,110 @@ def test_every_problem_is_reported_at_once() -> None:
         assert part in message
 
 
+def test_six_mistakes_in_three_sections_are_six_problems_in_one_dry_run(
+    tmp_path: Path, capsys
+) -> None:
+    """Every section, every key of a section and every trainer field is checked, whatever
+    else is wrong: one run of --dry-run lists all that needs fixing."""
+    path = tmp_path / "six.yaml"
+    path.write_text(
+        "trainable: modular\n"
+        "search_space:\n"
+        "  p: 48\n"
+        "  lr: -1.0e-3\n"
+        "  weight_decay: {grid: []}\n"
+        "scheduler:\n"
+        "  metric: val_acc\n"
+        "  mode: maximize\n"
+        "  max_t: 0\n"
+        "  grok_treshold: 0.9\n"
+    )
+    assert sweep_main([str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: 6 problems:" in err
+    for expected in (
+        "search_space.weight_decay.grid: expected a non-empty list of values, got [] (list)",
+        "search_space.p: p must be a prime",
+        "search_space.lr: lr must be > 0, got -0.001",
+        "scheduler: unknown key 'grok_treshold' (did you mean 'grok_threshold'?)",
+        "scheduler.mode: mode must be 'min' or 'max', got 'maximize'",
+        "scheduler.max_t: max_t must be a positive number, got 0",
+    ):
+        assert expected in err
+
+
+def test_every_bad_value_of_a_trainer_field_is_reported() -> None:
+    message = problem(
+        spec(search_space={"p": {"grid": [48, 47, 49]}, "lr": {"choice": [0.1, -1.0, 0.0]}})
+    )
+    assert message.startswith("s.yaml: 4 problems:")
+    for path in ("p.grid[0]", "p.grid[2]", "lr.choice[1]", "lr.choice[2]"):
+        assert f"search_space.{path}: " in message
+
+
+def test_rules_across_trainer_fields_are_judged_on_values_trials_get() -> None:
+    """DeepSpeed's batch must divide by micro-batch x workers: checking num_workers: 16 alone on
+    the defaults (batch 64, micro 16) would reject the README's valid config."""
+    readme = {"num_workers": 16, "batch_size": 256, "micro_batch_size": 4, "zero_stage": 3}
+    assert parse_spec(spec(trainable="deepspeed", search_space=readme), env={})
+    grid = {**readme, "num_workers": {"grid": [16, 48]}}
+    message = problem(spec(trainable="deepspeed", search_space=grid))
+    assert "search_space.num_workers.grid[1]: batch_size 256 is not divisible" in message
+    both = {"batch_size": 96, "num_workers": 4}  # each fine alone, not together
+    message = problem(spec(trainable="deepspeed", search_space=both))
+    assert (
+        "search_space: batch_size 96 is not divisible by micro_batch_size 16 × num_workers 4 = 64"
+        in message
+    )
+    assert message.endswith("(with the first value of every key)")
+
+
+def test_a_deepspeed_config_passes_through_as_written() -> None:
+    # As a nested search space, zero_optimization would be "a sampler with other keys".
+    ds_config = {"zero_optimization": {"stage": 3, "grid": 1}, "bf16": {"enabled": True}}
+    loaded = parse_spec(
+        spec(trainable="deepspeed", search_space={"deepspeed_config": ds_config}), env={}
+    )
+    assert loaded.param_space["deepspeed_config"] == ds_config
+    two = [{"steps_per_print": 10}, {"steps_per_print": 100}]  # a sampler over configs samples
+    loaded = parse_spec(
+        spec(trainable="deepspeed", search_space={"deepspeed_config": {"grid": two}}), env={}
+    )
+    assert loaded.param_space["deepspeed_config"] == {"grid_search": two}
+
+
+def test_tunes_grid_search_spelling_is_a_grid() -> None:
+    tune_spelling = {"lr": {"grid_search": [1e-3, 3e-3]}}
+    loaded = parse_spec(spec(search_space=tune_spelling), env={})
+    assert loaded.param_space["lr"] == {"grid_search": [1e-3, 3e-3]}
+    assert parse_spec(spec(search_space={"lr": {"grid": [1e-3, 3e-3]}}), env={}).param_space == (
+        loaded.param_space
+    )
+    message = problem(spec(search_space={"lr": {"grid_search": [1e-3, -1.0]}}))
+    assert "search_space.lr.grid_search[1]: lr must be > 0" in message
+
+
+def test_schema_flag_prints_a_json_schema_the_shipped_specs_satisfy(capsys) -> None:
+    assert sweep_main(["--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.check_schema(schema)
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path
+    assert set(schema["required"]) == set(REQUIRED)
+    assert set(schema["properties"]) == set(SECTIONS)
+    bad = {**spec(), "schedular": {}}
+    assert any("schedular" in e.message for e in validator.iter_errors(bad))
+    wrong_mode = spec(scheduler={"metric": "val_acc", "mode": "maximize"})
+    assert list(validator.iter_errors(wrong_mode))
+    samplers = schema["properties"]["search_space"]["additionalProperties"]["anyOf"]
+    assert {
+        next(iter(schema["$defs"][s["$ref"].split("/")[-1]]["properties"]))
+        for s in samplers
+        if "$ref" in s
+    } == set(SAMPLERS)
+
+
 def test_environment_defaults_and_references() -> None:
     env = {"GROKSCHEDULE_STORAGE_PATH": "gs://b/r", "MLFLOW_TRACKING_URI": "http://m"}
     loaded = parse_spec(spec(mlflow={"tracking_uri": "${MLFLOW_TRACKING_URI}"}), env=env)
@@ -461,6 +568,7 @@ def test_any_spec_validates_or_names_its_section(data: dict[str, Any]) -> None:
 @given(
     data=st.dictionaries(st.text(max_size=8) | st.integers(), json_values, max_size=5) | json_values
 )
+@example(data={"[key]": None})  # pydantic's own marker for a bad key, as a key
 def test_arbitrary_data_is_never_another_exception(data: Any) -> None:
     with contextlib.suppress(SpecError):
         parse_spec(data, env={})

@@ -59,6 +59,12 @@ def test_sweep_keeps_the_grokker_and_stops_the_memorizer(local_ray, tmp_path: Pa
     assert "never-grok" in memorizer.last
     assert memorizer.steps_used < 2_000
 
+    # run_sweep hands metric and mode to tune.TuneConfig (Tune's convention), so the result grid
+    # knows what "best" means without being told.
+    best = outcome.results.get_best_result()
+    assert best.config["weight_decay"] == 1.0
+    assert best.metrics["val_acc"] >= 0.95
+
     # MLflow holds one run per trial, with params, step-indexed metrics, tags and the log.
     client = mlflow.MlflowClient(outcome.tracking_uri)
     experiment = client.get_experiment_by_name("integration")

@@ -40,7 +40,7 @@ def demo_settings(root: Path, quick: bool = False) -> SweepSettings:
     }
     if quick:
         param_space["lr"] = tune.grid_search([3e-3, 1e-3])
-    scheduler = {
+    scheduler = {  # run_sweep hands metric and mode to tune.TuneConfig, the rest to GrokScheduler
         "metric": "val_acc",
         "mode": "max",
         "time_attr": "step",

@@ -26,6 +26,8 @@ from grokschedule.core.summary import SweepSummary
 @dataclass
 class SweepSettings:
     param_space: Mapping[str, Any]
+    # GrokScheduler's keyword arguments; its metric and mode go to tune.TuneConfig instead, the
+    # Tune convention, so ResultGrid.get_best_result() needs no arguments.
     scheduler: Mapping[str, Any]
     trainable: Callable[[dict[str, Any]], None]
     root: Path
@@ -68,7 +70,9 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     tracking_uri = settings.tracking_uri or local_tracking_uri(root)
     if tracking_uri.startswith("sqlite:"):
         ensure_experiment(tracking_uri, settings.experiment, root / "mlartifacts")
-    scheduler = GrokScheduler(**settings.scheduler)
+    arguments = dict(settings.scheduler)
+    metric, mode = arguments.pop("metric", None), arguments.pop("mode", None)
+    scheduler = GrokScheduler(**arguments)  # Tune hands it metric and mode from TuneConfig
     callbacks = [
         GrokCallback(scheduler),
         GrokConsoleReporter(scheduler, interval_s=settings.console_interval_s),
@@ -89,6 +93,8 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
         trainable,
         param_space=dict(settings.param_space),
         tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
             scheduler=scheduler,
             num_samples=settings.num_samples,
             max_concurrent_trials=settings.max_concurrent_trials,

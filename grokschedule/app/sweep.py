@@ -1,5 +1,7 @@
 """``grokschedule sweep SPEC.yaml [--dry-run] [--address ADDR]``: run the sweep a spec describes.
 
+``grokschedule sweep --schema`` prints the spec format's JSON Schema, for editors.
+
 Order of events, so that mistakes cost seconds, not a cluster's worth of GPU time: read and
 check the whole spec; connect to Ray; check that some node (or node type the autoscaler reports)
 can host a trial; only then start Tune. ``--dry-run`` stops before Tune, and checks the spec
@@ -21,18 +23,27 @@ import time
 from pathlib import Path
 
 import ray
-from ray._private import ray_constants, services
-from ray._private.state import state as ray_state
-from ray.autoscaler._private.util import format_readonly_node_type
-from ray.experimental.internal_kv import _internal_kv_get
 
+from grokschedule.adapters import ray_compat
 from grokschedule.app.runner import run_sweep
-from grokschedule.app.spec import ClusterView, SpecError, SweepSpec, check_fits, load_spec
+from grokschedule.app.spec import (
+    ClusterView,
+    SpecError,
+    SweepSpec,
+    check_fits,
+    load_spec,
+    spec_schema,
+)
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grokschedule sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("spec", type=Path, help="the sweep spec (YAML); see sweeps/")
+    parser.add_argument("spec", type=Path, nargs="?", help="the sweep spec (YAML); see sweeps/")
+    parser.add_argument(
+        "--schema",
+        action="store_true",
+        help="print the JSON Schema of a spec file (for editors' YAML support) and exit",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -44,6 +55,11 @@ def sweep_main(argv: list[str] | None = None) -> int:
         "`ray start` started on this machine, else a new local one)",
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.schema:
+        print(json.dumps(spec_schema(), indent=2))
+        return 0
+    if args.spec is None:
+        parser.error("give a spec file (or --schema)")
     started = time.monotonic()
     try:
         spec = load_spec(args.spec)
@@ -51,7 +67,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
         print(f"grokschedule sweep: {e}", file=sys.stderr)
         return 2
     print(describe(spec))
-    joining = services.canonicalize_bootstrap_address(args.address) is not None
+    joining = ray_compat.bootstrap_address(args.address) is not None
     if args.dry_run and not joining:
         print("Dry run: the spec is valid (no cluster to check its resources against).")
         return 0
@@ -115,16 +131,11 @@ def cluster_view(autoscaled: bool) -> ClusterView:
     not all anonymous "readonly" nodes is taken to autoscale into shapes the driver cannot see.
     A cluster this command started itself has no autoscaler."""
     nodes = tuple(node["Resources"] for node in ray.nodes() if node["Alive"])
-    config = ray_state.get_cluster_config()  # Ray Data reads autoscaler node types the same way
-    node_types = (
-        tuple(dict(group.resources) for group in config.node_group_configs) if config else ()
-    )
+    node_types = ray_compat.autoscaler_node_types()
     opaque = False
     if autoscaled and not node_types:
-        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        report = (json.loads(status).get("autoscaler_report") or {}) if status else {}
-        mapping = report.get("node_type_mapping") or {}
-        opaque = any(kind != format_readonly_node_type(key) for key, kind in mapping.items())
+        mapping = ray_compat.autoscaler_node_type_mapping()
+        opaque = any(kind != ray_compat.readonly_node_type(key) for key, kind in mapping.items())
     return ClusterView(nodes=nodes, node_types=node_types, opaque_autoscaler=opaque)
 
 

@@ -30,10 +30,10 @@ import numpy as np
 import psutil
 import ray
 from ray import tune
-from ray._private.internal_api import memory_summary
 from ray.tune.experiment import Trial
 
 from grokschedule.adapters import GrokCallback, GrokScheduler
+from grokschedule.adapters.ray_compat import object_store_stats
 from grokschedule.bench.bank import CONTRACT_NAMES, GRID_COLUMNS, METRICS, CurveBank
 from grokschedule.bench.replay_bench import TRIAL_CPU, default_max_t
 from grokschedule.bench.replay_trainable import replay_trainable
@@ -145,7 +145,7 @@ def wait_for_release(timeout_s: float) -> tuple[float, float]:
 
 def plasma_usage(gcs_address: str) -> tuple[int, int]:
     """(MiB, objects) in the Ray object store, from the raylet's own summary."""
-    match = _PLASMA.search(memory_summary(address=gcs_address, stats_only=True))
+    match = _PLASMA.search(object_store_stats(gcs_address))
     if match is None:
         raise RuntimeError("Ray's memory summary has no plasma usage line")
     return int(match.group(1)), int(match.group(2))

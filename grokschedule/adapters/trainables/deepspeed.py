@@ -21,9 +21,9 @@ from typing import Any
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from grokschedule.adapters.ray_compat import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 from grokschedule.adapters.trainables.train_guard import (
     AbortTrainRunOnStop,
     ReleaseOnStop,

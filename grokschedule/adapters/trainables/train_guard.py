@@ -34,16 +34,20 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import ray
-from ray._common.constants import HEAD_NODE_RESOURCE_NAME
-from ray._private import state as gcs_state
 from ray.exceptions import GetTimeoutError, RayActorError
-from ray.train._internal.session import get_session
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
+from grokschedule.adapters.ray_compat import (
+    HEAD_NODE_RESOURCE_NAME,
+    ControllerCallback,
+    WorkerGroupCallback,
+    actor_state,
+    get_trial_state,
+    set_trial_state,
+)
+
 if TYPE_CHECKING:
-    from ray.train.v2._internal.execution.context import TrainRunContext
-    from ray.train.v2._internal.execution.worker_group import WorkerGroup
+    from grokschedule.adapters.ray_compat import TrainRunContext, WorkerGroup
 
 logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.5
@@ -53,8 +57,7 @@ REAPER_KEY = "grokschedule_run_reaper"
 
 def _is_dead(actor_id: str) -> bool:
     """From the GCS actor table, which answers without the dashboard."""
-    entry = gcs_state.actors(actor_id=actor_id)
-    return not entry or entry.get("State") == "DEAD"
+    return actor_state(actor_id) in (None, "DEAD")
 
 
 class RunReaper:
@@ -156,7 +159,7 @@ class AbortTrainRunOnStop:
     Set ``fn.__mixins__ = (AbortTrainRunOnStop,)`` and ``register_reaper`` the run's reaper."""
 
     def cleanup(self) -> None:
-        reaper = get_session().get_state(REAPER_KEY)
+        reaper = get_trial_state(REAPER_KEY)
         if reaper is not None:
             with contextlib.suppress(RayActorError, GetTimeoutError):
                 ray.get(reaper.abort.remote(), timeout=ABORT_TIMEOUT_S)
@@ -165,4 +168,4 @@ class AbortTrainRunOnStop:
 
 def register_reaper(reaper: Any) -> None:
     """Make ``reaper`` the one this trial actor's ``AbortTrainRunOnStop.cleanup`` uses."""
-    get_session().set_state(REAPER_KEY, reaper)
+    set_trial_state(REAPER_KEY, reaper)
