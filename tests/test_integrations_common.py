@@ -147,6 +147,7 @@ def test_importing_grokschedule_needs_neither_transformers_nor_lightning() -> No
     code = (
         "import sys, grokschedule, grokschedule.integrations as i;"
         "assert not {'transformers', 'lightning'} & set(sys.modules), sorted(sys.modules);"
-        "assert i.__all__ == ['GrokLightningCallback', 'GrokMetricsCallback', 'GrokTrainerCallback']"
+        "assert i.__all__ == "
+        "['GrokLightningCallback', 'GrokMetricsCallback', 'GrokTrainerCallback']"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

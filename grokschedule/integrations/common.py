@@ -159,9 +159,7 @@ class GrokSettings:
         rollback_path: Path,
         mlflow: MlflowDecisions | None = None,
     ) -> GrokRun:
-        return GrokRun(
-            GrokPolicy(self.config(max_t)), self, model, kicks, rollback_path, mlflow
-        )
+        return GrokRun(GrokPolicy(self.config(max_t)), self, model, kicks, rollback_path, mlflow)
 
 
 class GrokRun:
@@ -345,9 +343,8 @@ def numbers(logged: Mapping[str, Any]) -> dict[str, float]:
     """The numeric values of a trainer's log (tensors included), for the observation."""
     out: dict[str, float] = {}
     for key, value in logged.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            out[key] = float(value)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+        scalar = isinstance(value, torch.Tensor) and value.numel() == 1
+        if scalar or (isinstance(value, int | float) and not isinstance(value, bool)):
             out[key] = float(value)
     return out
 
@@ -488,7 +485,9 @@ class OptimizerKicks:
         lr_factor = math.prod(a.kick.lr_factor(step - a.start) for a in kicks)
         wd_factor = math.prod(a.kick.wd_factor() for a in kicks)
         current = read_hyperparams(self.home)
-        unkicked = [(lr / self._lr_factor, wd) for (lr, _), wd in zip(current, self._base_wd)]
+        unkicked = [
+            (lr / self._lr_factor, wd) for (lr, _), wd in zip(current, self._base_wd, strict=True)
+        ]
         write_hyperparams(self.home, unkicked, lr_factor, wd_factor)
         for scheduler, base_lrs in zip(self._schedulers, self._base_lrs, strict=True):
             scheduler.base_lrs = [lr * lr_factor for lr in base_lrs]
@@ -576,4 +575,3 @@ class MlflowDecisions:
         self.client.log_batch(self.run_id, tags=batch)
         records = json.dumps([d.to_dict() for d in decisions], indent=1)
         self.client.log_text(self.run_id, records, mlflow_names.DECISIONS_JSON)
-
