@@ -108,7 +108,7 @@ class GrokSettings:
                     f"callback (the trainer fixes its gradient accumulation when it starts); "
                     f"allowed: {list(LIVE_KINDS)}"
                 )
-        self._config = {
+        self._config: dict[str, Any] = {
             "metric": metric,
             "mode": mode,
             "grok_threshold": grok_threshold,

@@ -233,8 +233,10 @@ class GrokTrainerCallback(TrainerCallback):
             control.should_training_stop = True
 
         def extend(limit: float) -> float:
-            state.max_steps = max(state.max_steps, int(min(limit, self._capacity)))
-            control.should_training_stop = state.global_step >= state.max_steps
+            reached = state.max_steps
+            state.max_steps = max(reached, int(min(limit, self._capacity)))
+            if reached <= state.global_step < state.max_steps:
+                control.should_training_stop = False  # the limit the Trainer stopped at moved
             return float(state.max_steps)
 
         decision = run.carry_out(decision, stop=stop, extend=extend, metrics=extra)
