@@ -4,7 +4,6 @@ schedule carries instead of undoing, exact restores, the SGD switch, rollback, a
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 
@@ -99,17 +98,22 @@ def test_sgd_switch_sets_the_optimizer_aside_and_brings_it_back_untouched() -> N
     assert float(optimizer.state[weight]["step"]) == float(adam["step"]) + 1
 
 
-def test_restore_returns_to_the_point_and_keeps_the_schedule_place() -> None:
+def test_restore_returns_to_the_point_and_keeps_the_schedule_place(tmp_path) -> None:
     model, optimizer, scheduler, kicks = setup()
+    kicks.apply(Kick("grokfast"), 0)  # in force at the point, with what it carries
+    kicks.apply(Kick("grad_noise", {"std": 1e-3}), 0)
     for step in range(5):
         train_step(model, optimizer, scheduler, kicks, step)
-    point = copy.deepcopy(kicks.state_dict(5))  # as GrokRun saves it: at once, to disk
+    torch.save(kicks.state_dict(5), tmp_path / "point.pt")  # as GrokRun keeps a point
+    point = torch.load(tmp_path / "point.pt", weights_only=True)
     saved = {k: v.clone() for k, v in point["optimizer"]["state"][0].items()}
     kicks.apply(Kick("lr_multiply", {"factor": 10.0}, duration_steps=50), 5)
     for step in range(5, 9):
         train_step(model, optimizer, scheduler, kicks, step)
     kicks.restore(point, 9)
-    assert kicks.active == () and scheduler.base_lrs == [0.1]
+    assert [a.kick.kind for a in kicks.active] == ["grokfast", "grad_noise"]
+    assert [a.start for a in kicks.active] == [4, 4]  # moved by the 4 steps since the point
+    assert scheduler.base_lrs == [0.1]
     assert lrs(optimizer) == [pytest.approx(0.1 * decay(9))]  # the schedule's lr now, unkicked
     for key, value in saved.items():
         torch.testing.assert_close(optimizer.state[model[0].weight][key], value)
