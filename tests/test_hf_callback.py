@@ -1,0 +1,270 @@
+"""GrokTrainerCallback in real tiny ``transformers.Trainer`` runs: a one-layer Llama classifier
+(11k parameters, built in code) memorizing random labels, which never generalizes. The policy
+stops it with its reason in the log history, kicks it (the optimizer's lr and the schedule's base
+really change, behind a rollback point), rolls the harmful kick back to the saved weights, and
+extends a run whose evidence is fresh at ``max_t``; the decisions reach the Trainer's MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import (  # noqa: E402
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from grokschedule.core.decision import Cause, DecisionKind  # noqa: E402
+from grokschedule.core.kicks import Kick  # noqa: E402
+from grokschedule.integrations.common import MissingMetricError  # noqa: E402
+from grokschedule.integrations.hf import GrokTrainerCallback  # noqa: E402
+
+# Small rules, so decisions come within ~100 steps (as tests/test_policy.py does).
+FAST = {"patience_factor": 1.0, "min_patience": 0, "judge_after": 1.0, "predictor": False}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """An 11k-parameter model runs ~10× faster on one thread than on contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class RandomLabels(torch.utils.data.Dataset):
+    """Token sequences with random labels: memorized by the model, never generalized."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randint(1, 32, (n, 8), generator=g)
+        self.y = torch.randint(0, 4, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def accuracy(prediction) -> dict[str, float]:
+    predicted = np.argmax(prediction.predictions, -1)
+    return {"accuracy": float((predicted == prediction.label_ids).mean())}
+
+
+def make_trainer(
+    tmp_path: Path,
+    callbacks: list[TrainerCallback],
+    *,
+    max_steps: int,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    compute_metrics=accuracy,
+    report_to: list[str] | None = None,
+) -> Trainer:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        num_labels=4,
+        pad_token_id=0,
+    )
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        max_steps=max_steps,
+        per_device_train_batch_size=32,
+        learning_rate=1e-2,
+        weight_decay=weight_decay,
+        lr_scheduler_type=schedule,
+        eval_strategy="steps",
+        eval_steps=5,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=report_to or [],
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    return Trainer(
+        model=LlamaForSequenceClassification(config),
+        args=args,
+        train_dataset=RandomLabels(16, seed=1),
+        eval_dataset=RandomLabels(64, seed=2),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+
+
+def evaluations(trainer: Trainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+
+
+def test_memorizer_is_stopped_with_its_reason_in_the_log_history(tmp_path: Path) -> None:
+    callback = GrokTrainerCallback(**FAST)
+    trainer = make_trainer(tmp_path, [callback], max_steps=400)
+    trainer.train()
+
+    stop = callback.run.last_decision
+    assert stop.kind is DecisionKind.STOP and stop.cause is Cause.NEVER_GROK
+    assert trainer.state.global_step == stop.step < 200  # stopped long before max_steps
+    last = evaluations(trainer)[-1]
+    assert last["step"] == stop.step and last["scheduler/decision"] == "STOP"
+    assert last["scheduler/reason"] == stop.reason and stop.reason.startswith("never-grok: ")
+    assert last["scheduler/cause"] == "never-grok" and last["scheduler/phase"] == "stalled"
+    # Every evaluation carries the weight norm the callback computed and the decision on it.
+    assert all(e["weight_norm"] > 0 and "scheduler/decision" in e for e in evaluations(trainer))
+    assert [d.phase.value for d in callback.run.decisions][-2:] == ["plateau", "stalled"]
+
+
+class Probe(TrainerCallback):
+    """Reads the optimizer, the schedule and the weights right after each decision."""
+
+    def __init__(self, rollback: Path) -> None:
+        self.rollback = rollback
+        self.seen: dict[str, dict] = {}
+
+    def on_evaluate(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **_):
+        kind = state.log_history[-1].get("scheduler/decision")
+        if kind in ("KICK", "ROLLBACK") and kind not in self.seen:
+            self.seen[kind] = {
+                "step": state.global_step,
+                "lr": [g["lr"] for g in optimizer.param_groups],
+                "base_lrs": list(lr_scheduler.base_lrs),
+                "point": self.rollback.is_file(),
+                "weights": {k: v.clone() for k, v in model.state_dict().items()},
+            }
+
+
+def test_kick_changes_the_live_lr_and_a_rollback_restores_the_weights(tmp_path: Path) -> None:
+    """A 1000× lr kick blows the memorized fit up; the policy rolls it back at once."""
+    kick = Kick("lr_multiply", {"factor": 1000.0}, duration_steps=500)
+    callback = GrokTrainerCallback(
+        **FAST,
+        interventions={"kicks": [kick], "max_kicks": 1, "cooldown": 0, "rollback_window": 0},
+    )
+    probe = Probe(tmp_path / "out" / "grok_rollback" / "rollback-rank0.pt")
+    trainer = make_trainer(tmp_path, [callback, probe], max_steps=200, schedule="linear")
+    trainer.train()
+
+    def schedule(step: int) -> float:  # the Trainer's linear decay, unkicked
+        return 1e-2 * (1 - step / 200)
+
+    kicked, rolled = probe.seen["KICK"], probe.seen["ROLLBACK"]
+    assert kicked["point"] and kicked["base_lrs"] == [pytest.approx(10.0)] * 2
+    assert kicked["lr"] == [pytest.approx(1000 * schedule(kicked["step"]))] * 2
+    logged = {e["step"]: e for e in trainer.state.log_history if "learning_rate" in e}
+    # The schedule carried the kick on (not reset to 1e-2 × decay at its next step) …
+    assert logged[rolled["step"]]["learning_rate"] == pytest.approx(
+        1000 * schedule(rolled["step"] - 1)
+    )
+    assert logged[rolled["step"]]["loss"] > 1.0  # … and the memorized fit blew up
+    # The rollback: the weights saved at the kick, the unkicked schedule, the point used up.
+    for name, value in kicked["weights"].items():
+        torch.testing.assert_close(rolled["weights"][name], value)
+    assert rolled["base_lrs"] == [1e-2, 1e-2]
+    assert rolled["lr"] == [pytest.approx(schedule(rolled["step"]))] * 2
+    assert not probe.rollback.exists()
+    assert logged[rolled["step"] + 5]["loss"] < 0.01  # training goes on from the memorized fit
+    assert [r.action for r in callback.run.records] == ["apply"]
+    final = callback.run.last_decision
+    assert final.kind is DecisionKind.STOP and final.cause is Cause.NEVER_GROK
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_fresh_evidence_at_max_t_extends_the_run(tmp_path: Path, room: bool) -> None:
+    """Weight decay 1 after memorization: the weight norm and the validation loss fall, which
+    is transition evidence at max_t = 80, so the run is extended while it lasts. With the
+    Trainer's max_steps at max_t + max_extension its loop has room for it; at max_t it has not,
+    and the decision says so."""
+    callback = GrokTrainerCallback(max_t=80, max_extension=40, predictor=False)
+    trainer = make_trainer(tmp_path, [callback], max_steps=120 if room else 80, weight_decay=1.0)
+    trainer.train()
+
+    by_step = {e["step"]: e for e in evaluations(trainer)}
+    assert by_step[75]["scheduler/decision"] == "CONTINUE"
+    assert by_step[80]["scheduler/decision"] == "EXTEND"
+    if room:
+        final = callback.run.last_decision
+        assert 80 < trainer.state.global_step == final.step <= 120
+        assert final.kind is DecisionKind.STOP and final.cause is Cause.BUDGET
+        assert trainer.state.max_steps == 120
+    else:
+        assert trainer.state.global_step == 80
+        assert "the trainer's loop ends at step 80, before 120" in by_step[80]["scheduler/reason"]
+
+
+def test_missing_target_is_a_clear_error(tmp_path: Path) -> None:
+    trainer = make_trainer(
+        tmp_path, [GrokTrainerCallback(**FAST)], max_steps=20, compute_metrics=None
+    )
+    with pytest.raises(
+        MissingMetricError, match=r"did not log the target 'eval_accuracy'.*compute_metrics"
+    ):
+        trainer.train()
+    assert trainer.state.global_step == 5  # at the first evaluation
+
+
+def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="patience_factor must be > 0"):
+        GrokTrainerCallback(patience_factor=0)
+    trainer = make_trainer(tmp_path, [GrokTrainerCallback(max_t=500)], max_steps=100)
+    with pytest.raises(ValueError, match=r"max_t \(500\) is beyond the trainer's max_steps"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_defaults_are_grokschedulers() -> None:
+    from grokschedule.adapters.scheduler import GrokScheduler
+
+    for interventions in (None, True):
+        callback = GrokTrainerCallback(interventions=interventions)
+        scheduler = GrokScheduler("eval_accuracy", "max", interventions=interventions)
+        assert callback.settings.config(20_000) == scheduler.policy.config
+
+
+@pytest.mark.slow
+def test_decisions_reach_the_trainers_mlflow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through Hugging Face's own MLflowCallback (report_to=['mlflow']) on a real server."""
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow_helpers import MlflowServer
+
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(tmp_path / "mlflow")
+    server.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "hf-callback")
+        callback = GrokTrainerCallback(**FAST)
+        trainer = make_trainer(tmp_path, [callback], max_steps=400, report_to=["mlflow"])
+        trainer.train()
+
+        client = mlflow.MlflowClient(server.uri)
+        [run] = client.search_runs([client.get_experiment_by_name("hf-callback").experiment_id])
+        tags = run.data.tags
+        stop = callback.run.last_decision
+        assert tags["grok.category"] == "stopped" and tags["grok.final_phase"] == "stalled"
+        assert tags["grok.verdict"] == f"STOP: {stop.reason}"
+        assert tags["grok.last_decision"] == f"STOP @ {stop.step:.0f}: {stop.reason}"
+        scores = client.get_metric_history(run.info.run_id, "scheduler/score")
+        assert [m.step for m in scores] == list(range(5, int(stop.step) + 1, 5))
+        assert client.get_metric_history(run.info.run_id, "weight_norm")
+        assert "eval_accuracy" in run.data.metrics  # the Trainer's own logging, same run
+        path = client.download_artifacts(run.info.run_id, "grok/decisions.json", str(tmp_path))
+        records = json.loads(Path(path).read_text())
+        assert records[-1]["kind"] == "STOP" and records[-1]["reason"] == stop.reason
+    finally:
+        server.stop()
