@@ -28,6 +28,7 @@ from ray.tune.logger import LoggerCallback
 from ray.tune.search.sample import Categorical, Domain, Function
 from ray.tune.utils import flatten_dict
 
+from grokschedule.adapters.control_channel import CONTROL_KEY
 from grokschedule.adapters.reporter import trial_label
 from grokschedule.adapters.scheduler import GrokScheduler
 from grokschedule.core.kick_policy import KickConfig
@@ -131,7 +132,8 @@ class GrokMLflowLoggerCallback(LoggerCallback):
         self._num_samples = info.get("total_num_samples")
 
     def log_trial_start(self, trial: Trial) -> None:
-        params = flatten_dict(trial.config, delimiter="/")
+        config = {k: v for k, v in trial.config.items() if k != CONTROL_KEY}  # the sweep's key
+        params = flatten_dict(config, delimiter="/")
         tags = {**self.tags, "trial_name": str(trial)}
         self._logger(trial).start_trial(trial.trial_id, trial_label(trial), params, tags)
 
