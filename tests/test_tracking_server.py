@@ -188,6 +188,8 @@ def test_reviewer_finds_the_sweep_in_mlflow(
     text = capsys.readouterr().out
     assert "3 trials: 2 grokked, 1 stopped (1 extended); 4,950 steps used vs 6,000" in text
     assert "curve=memorizer_p47_wd0: stopped at step 900: never-grok" in text
+    link = f"{server.uri}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    assert f"; open {link}?workflowType=machine_learning\n" in text
 
 
 def test_mlflow_stopped_mid_sweep_loses_nothing(

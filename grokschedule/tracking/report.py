@@ -73,6 +73,7 @@ class SweepReport:
     search_space: dict[str, str]
     trials: list[TrialReport]
     overview: bytes | None = None
+    url: str | None = None  # the sweep run in MLflow's UI
 
     @property
     def metric(self) -> str:
@@ -133,6 +134,7 @@ class SweepReport:
             sweep_id=view.sweep_id,
             name=view.parent.name,
             source=view.source,
+            url=view.url,
             settings=settings,
             search_space=_strip(params, names.SPACE_PREFIX),
             trials=trials,
@@ -222,7 +224,7 @@ def _kick_rows(report: SweepReport) -> list[tuple[str, str, str, str]]:
 def _text(report: SweepReport) -> str:
     lines = [
         f"Sweep {report.name} (experiment {report.experiment}, sweep {report.sweep_id})",
-        f"  read from {report.source}",
+        f"  read from {report.source}" + (f"; open {report.url}" if report.url else ""),
         f"Scheduler: {_settings_line(report)}",
     ]
     if report.search_space:
@@ -268,7 +270,8 @@ def _markdown(report: SweepReport) -> str:
     parts = [
         f"# Sweep {report.name}",
         "",
-        f"Experiment `{report.experiment}`, sweep `{report.sweep_id}`, read from {report.source}.",
+        f"Experiment `{report.experiment}`, sweep `{report.sweep_id}`, read from {report.source}"
+        + (f" ([open in MLflow]({report.url}))." if report.url else "."),
         "",
         f"**{describe_totals(report.totals)}.**",
         "",
@@ -301,7 +304,9 @@ def _html(report: SweepReport) -> str:
     body = [
         f"<h1>Sweep {html.escape(report.name)}</h1>",
         f"<p>Experiment <code>{html.escape(report.experiment)}</code>, sweep "
-        f"<code>{html.escape(report.sweep_id)}</code>, read from {html.escape(report.source)}.</p>",
+        f"<code>{html.escape(report.sweep_id)}</code>, read from {html.escape(report.source)}"
+        + (f" (<a href='{html.escape(report.url)}'>open in MLflow</a>)." if report.url else ".")
+        + "</p>",
         f"<p><b>{html.escape(describe_totals(report.totals))}.</b></p>",
         _img(report.overview, "sweep overview"),
         "<h2>Scheduler</h2>",
