@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -18,8 +20,15 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
 
-from grokschedule.adapters.control_channel import ControlChannel, ControlClient
+from grokschedule.adapters.control_channel import (
+    CHANNEL_NAME,
+    CONTROL_KEY,
+    ControlChannel,
+    ControlClient,
+    key_from_config,
+)
 from grokschedule.adapters.restart import restart_with_config
+from grokschedule.adapters.scheduler import GrokScheduler
 from grokschedule.adapters.trainables.modular import kick_config_change, modular_trainable
 from grokschedule.bench.interventions import (
     KIND_NAMES,
@@ -30,7 +39,19 @@ from grokschedule.bench.interventions import (
     interventions_bench_main,
     run_one,
 )
-from grokschedule.core.commands import Command, config_change
+from grokschedule.core.commands import (
+    BAD_SIGNATURE,
+    MALFORMED,
+    OTHER_SWEEP,
+    REFUSED,
+    REPLAYED,
+    UNKNOWN_TRIAL,
+    Command,
+    CommandGate,
+    Refusal,
+    SweepKey,
+    config_change,
+)
 from grokschedule.core.kicks import Kick
 from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 
@@ -102,7 +123,84 @@ def test_commands_round_trip_and_ids_must_grow() -> None:
     with pytest.raises(ValueError, match=r"command 3 is not newer than the last one applied"):
         trainer.apply_command({"id": 3, "type": "rollback"})
     with pytest.raises(ValueError, match="poll_every must be an int > 0"):
-        ControlClient("trial", 0)
+        ControlClient("trial", 0, SweepKey.generate())
+
+
+# -- authentication: only the owning sweep's signed, fresh commands are applied -----------------
+
+KEY = SweepKey.generate("sweep-a")
+
+
+def signed(command: dict[str, Any], trial: str = "trial", key: SweepKey = KEY) -> dict[str, Any]:
+    return key.sign(trial, Command.from_dict(command))
+
+
+def test_a_gate_admits_each_genuine_command_once_and_refuses_the_rest() -> None:
+    gate = CommandGate(KEY, "trial")
+    genuine = signed(kick(0, BENIGN))
+    assert gate.admit(genuine) == Command.from_dict(kick(0, BENIGN))
+    forged = {**genuine, "command": kick(1)}  # a harmful payload under the benign one's MAC
+    impostor = SweepKey(KEY.sweep_id, b"guessed-secret-16b")  # claims this sweep, wrong secret
+    cases = {
+        BAD_SIGNATURE: [forged, signed(kick(2), key=impostor)],
+        OTHER_SWEEP: [signed(kick(3), key=SweepKey.generate("sweep-b"))],
+        UNKNOWN_TRIAL: [signed(kick(4), trial="another-trial")],
+        REPLAYED: [genuine, signed({"id": 0, "type": "rollback"})],
+        MALFORMED: [kick(5), {**genuine, "signature": None}, ["kick", 6]],
+    }
+    for reason, envelopes in cases.items():
+        for envelope in envelopes:
+            refusal = gate.admit(envelope)
+            assert isinstance(refusal, Refusal), envelope
+            assert refusal.reason == reason, refusal.describe()
+    assert gate.refused == 9 and gate.metrics() == {REFUSED: 9}
+    assert gate.last_id == 0  # nothing refused moved the floor
+    refusal = gate.admit(signed(kick(7), key=SweepKey.generate("sweep-b")))
+    assert "claimed sweep 'sweep-b', trial 'trial', command id 7" in refusal.describe()
+    assert "this trial belongs to sweep 'sweep-a'" in refusal.describe()
+    # A fresh genuine command is admitted; ids need only grow, not be consecutive.
+    assert gate.admit(signed({"id": 8, "type": "rollback"})) == Command(8, "rollback")
+
+
+def test_a_restored_trainer_never_admits_what_it_acknowledged_before() -> None:
+    gate = CommandGate(KEY, "trial", acked_id=3)
+    assert gate.admit(signed(kick(3))).reason == REPLAYED
+    gate.acknowledged(5)
+    assert gate.admit(signed(kick(4))).reason == REPLAYED
+    assert gate.admit(signed(kick(6))) == Command.from_dict(kick(6))
+    gate.acknowledged(2)  # never lowers the floor
+    assert gate.last_id == 6
+
+
+def test_the_sweep_key_keeps_its_secret_out_of_text_and_checks_its_fields() -> None:
+    key = SweepKey.generate()
+    assert len(key.secret) == 32 and key.sweep_id != SweepKey.generate().sweep_id
+    config = {"lr": 0.1, CONTROL_KEY: key}
+    for text in (repr(config), str(key), json.dumps(config, default=str)):
+        assert key.secret.hex() not in text and repr(key.secret) not in text
+        assert "secret=<hidden>" in text
+    assert pickle.loads(pickle.dumps(key)) == key  # it must still reach the workers
+    assert key_from_config(config) is key
+    with pytest.raises(ValueError, match=r"needs the sweep's SweepKey under config\['_grok"):
+        key_from_config({"lr": 0.1})
+    with pytest.raises(ValueError, match="secret must be at least 16 random bytes"):
+        SweepKey("sweep", b"short")
+    with pytest.raises(ValueError, match="sweep_id must be a non-empty str, got ''"):
+        SweepKey("", b"0123456789abcdef")
+    with pytest.raises(ValueError, match="key must be a SweepKey, got str"):
+        CommandGate("secret", "trial")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="command id must be an int >= 0"):  # before signing
+        ControlChannel(key=key).post("trial", {"id": -1, "type": "rollback"})
+
+
+def test_the_scheduler_hands_its_channel_key_to_each_trial_it_adds() -> None:
+    scheduler = GrokScheduler(metric="val_acc", mode="max", max_t=100, interventions=True)
+    trial = Trial("modular_trainable", config={"lr": 0.1}, stub=True)
+    scheduler.on_trial_add(None, trial)  # type: ignore[arg-type]
+    assert trial.config[CONTROL_KEY] is scheduler._channel.key
+    plain = Trial("modular_trainable", config={"lr": 0.1}, stub=True)
+    GrokScheduler(metric="val_acc", mode="max", max_t=100).on_trial_add(None, plain)  # type: ignore[arg-type]
+    assert plain.config == {"lr": 0.1}  # no interventions: no commands, no key
 
 
 # -- trainer: kicks, acks, rollback ------------------------------------------------------------
@@ -275,7 +373,8 @@ def test_bench_main_prints_the_table_and_writes_every_run(tmp_path: Path, capsys
 
 class _KickThenRollback(tune.Callback):
     """Plays the scheduler: posts a harmful kick from the driver at step ≥ 100, and a rollback
-    50 steps after the trial acknowledged it."""
+    50 steps after the trial acknowledged it; next to the kick, an intruder that knows the
+    sweep's id but not its secret posts a rollback straight to the actor."""
 
     def __init__(self) -> None:
         self.channel = ControlChannel()
@@ -286,6 +385,9 @@ class _KickThenRollback(tune.Callback):
         if not self.posted and step >= 100:
             self.channel.post(trial.trial_id, kick(0))
             self.posted.append(0)
+            intruder = SweepKey(self.channel.key.sweep_id, b"not-the-sweep-secret")
+            forged = signed({"id": 9, "type": "rollback"}, trial.trial_id, intruder)
+            ray.get_actor(CHANNEL_NAME).post.remote(trial.trial_id, forged)
         elif self.posted == [0] and acked == 0 and step >= result["control/applied_step"] + 50:
             self.channel.post(trial.trial_id, Command(1, "rollback"))
             self.posted.append(1)
@@ -295,13 +397,12 @@ class _KickThenRollback(tune.Callback):
 def test_a_tune_trial_applies_a_kick_posted_from_the_driver_and_rolls_back(
     local_ray, tmp_path: Path
 ) -> None:
+    poster = _KickThenRollback()
     config = {**SMALL, "p": 47, "eval_every": 25, "max_steps": 400, "control": True}
     tuner = tune.Tuner(
         modular_trainable,
-        param_space=config,
-        run_config=tune.RunConfig(
-            storage_path=str(tmp_path), verbose=0, callbacks=[_KickThenRollback()]
-        ),
+        param_space={**config, CONTROL_KEY: poster.channel.key},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0, callbacks=[poster]),
     )
     (result,) = tuner.fit()
     assert result.error is None
@@ -322,7 +423,9 @@ def test_a_tune_trial_applies_a_kick_posted_from_the_driver_and_rolls_back(
     assert rolled["control/applied_step"] >= applied + 50
     assert rolled["train_loss"] < before  # 25 steps on from the pre-kick weights
     assert rows[-1]["train_loss"] < rolled["train_loss"]  # and training goes on
-    assert rows[-1]["control/rollbacks"] == 1
+    assert rows[-1]["control/rollbacks"] == 1  # the forged rollback was not applied
+    assert rows[0]["control/refused"] == 0 and rows[-1]["control/refused"] == 1
+    assert rows[-1]["control/acked_id"] == 1
 
 
 def _counting(config: dict) -> None:
@@ -383,24 +486,61 @@ def test_restart_fallback_resumes_a_plain_trainable_under_its_new_config(
 class _SlowMailbox:
     """A mailbox that answers its first ``take`` late, as an overloaded cluster does."""
 
-    def __init__(self) -> None:
-        self.calls = 0
+    def __init__(self, key: SweepKey) -> None:
+        self.key, self.calls = key, 0
 
     def take(self, trial_id: str) -> list[dict[str, Any]]:
         self.calls += 1
         if self.calls == 1:
             time.sleep(2.0)
-        return [{"id": self.calls - 1, "type": "rollback"}]
+        return [signed({"id": self.calls - 1, "type": "rollback"}, trial_id, self.key)]
 
 
 def test_a_slow_channel_delays_commands_but_neither_fails_nor_loses_them(local_ray) -> None:
     name = "slow-mailbox-test"
-    slow = ray.remote(_SlowMailbox).options(name=name, num_cpus=0).remote()
-    client = ControlClient("trial", poll_every=1, name=name, timeout_s=0.2)
+    slow = ray.remote(_SlowMailbox).options(name=name, num_cpus=0).remote(KEY)
+    client = ControlClient("trial", poll_every=1, key=KEY, name=name, timeout_s=0.2)
     assert client.poll(0) == []  # no answer in time: nothing yet, no error
     step, deadline = 1, time.monotonic() + 60
     while (commands := client.poll(step)) == [] and time.monotonic() < deadline:
         step += 1
-    assert commands == [{"id": 0, "type": "rollback"}]  # the late answer, not lost
-    assert client.poll(step + 1) == [{"id": 1, "type": "rollback"}]
+    assert commands == [Command(0, "rollback")]  # the late answer, not lost
+    assert client.poll(step + 1) == [Command(1, "rollback")]
     ray.kill(slow)
+
+
+def test_forged_commands_posted_to_the_actor_are_refused_and_the_genuine_one_applied_once(
+    local_ray, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="grokschedule.adapters.control_channel")
+    name, trial = "auth-channel-test", "trial_00000"
+    channel = ControlChannel(name=name)
+    channel.post(trial, kick(0, BENIGN))  # genuine; makes the actor
+    actor = ray.get_actor(name)
+    genuine = signed(kick(0, BENIGN), trial, channel.key)  # the bytes an eavesdropper would see
+    intruder = SweepKey.generate()
+    ray.get(
+        [
+            actor.post.remote(trial, {**genuine, "command": kick(1)}),  # harmful, old MAC
+            actor.post.remote(trial, signed(kick(2), trial, intruder)),  # another sweep's key
+            actor.post.remote(trial, genuine),  # replayed
+            actor.post.remote(trial, signed(kick(3), "trial_00001", channel.key)),  # not ours
+        ]
+    )
+    config = TrainConfig(**{**SMALL, "max_steps": 20, "weight_decay": 1.0})
+    trainer = ModularTrainer(config)
+    client = ControlClient(trial, poll_every=1, key=channel.key, name=name)
+    for _ in trainer.run(client.poll):
+        pass
+    assert trainer.control.acked_id == 0 and trainer.control.applied_step == 0
+    (active,) = trainer.applier.active  # the benign kick, once; the harmful one never
+    assert active.kick == BENIGN and active.start == 0
+    group = trainer.optimizer.param_groups[0]
+    assert group["lr"] == config.lr and group["weight_decay"] == 2 * config.weight_decay
+    assert client.metrics() == {REFUSED: 4}
+    warnings = [r.getMessage() for r in caplog.records if "refused a command" in r.getMessage()]
+    assert len(warnings) == 4
+    for reason in (BAD_SIGNATURE, OTHER_SWEEP, REPLAYED, UNKNOWN_TRIAL):
+        assert sum(f"not applied: {reason} (" in w for w in warnings) == 1, reason
+    assert all(f"trial {trial} (sweep {channel.key.sweep_id})" in w for w in warnings)
+    ray.kill(actor)

@@ -1,11 +1,13 @@
 """The MLflow UI, in a real headless Chromium, shows a sweep's parent run with its nested trial
-runs and totals, and a trial's curves plot. Skipped when Chromium is not installed."""
+runs and totals, a trial's curves plot, and, from the link the report gives, the experiment's
+runs table rather than MLflow 3's GenAI overview. Skipped when Chromium is not installed."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from mlflow_helpers import MlflowServer, log_recorded_sweep
 
 from grokschedule.tracking.logger import SweepLogger
 from grokschedule.tracking.spool import CURSOR
+from grokschedule.tracking.views import ui_url
 
 pytestmark = [
     pytest.mark.slow,
@@ -99,7 +102,7 @@ def test_ui_shows_the_sweep_runs_and_a_plot(ui, tmp_path: Path) -> None:
     for name in CURVES:
         assert name in parent
     assert "sweep/grokked" in parent and "grok.summary" in parent
-    assert "4 trials: 2 grokked, 2 stopped (4 kicks)" in parent
+    assert "4 trials: 2 grokked, 2 stopped (3 kicks)" in parent
 
     trial_url = f"{server.uri}/#/experiments/1/runs/{runs['delayed_grokker_p47_small']}"
     plot_url = f"{trial_url}/artifacts/curves.png"
@@ -111,3 +114,12 @@ def test_ui_shows_the_sweep_runs_and_a_plot(ui, tmp_path: Path) -> None:
         shot = tmp_path / name
         _chromium(tmp_path, url, f"--screenshot={shot}", 40_000)
         assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 50_000
+
+
+def test_the_experiment_link_opens_the_runs_table(ui, tmp_path: Path) -> None:
+    server, _ = ui
+    url = ui_url(server.uri, "1")
+    runs_page = _dom(tmp_path, url, lambda dom: "recorded sweep" in dom)
+    assert "Run Name" in runs_page and "recorded sweep" in runs_page  # the runs table
+    assert "No data available for the selected time range" not in runs_page  # no GenAI overview
+    assert f">{Path(sys.argv[0]).name}<" in runs_page  # Source: the mlflow.source.name tag

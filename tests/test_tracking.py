@@ -80,6 +80,10 @@ def test_parent_and_nested_trial_runs(logged: tuple[Path, str, dict[str, int]]) 
     trials = {r.info.run_name: r for r in runs if r.data.tags[names.ROLE] == "trial"}
     assert sorted(trials) == sorted(CURVES)
     assert parent.info.status == "FINISHED"
+    # ensure_experiment made it untagged; the logger says what kind of experiment it is.
+    assert experiment.tags[names.EXPERIMENT_KIND] == names.CUSTOM_MODEL_DEVELOPMENT
+    for run in runs:
+        assert run.data.tags[names.SOURCE_TYPE] == "LOCAL" and names.USER in run.data.tags
     assert parent.data.params["scheduler.max_t"] == "3000"
     assert parent.data.params["search_space.curve"].startswith("grid_search(")
     totals = parent.data.metrics
@@ -131,12 +135,12 @@ def test_report_reads_mlflow_and_the_spool_alike(
     assert report_main(["--spool", str(root / "spool")]) == 0
     from_spool = capsys.readouterr().out
     assert "3 trials: 1 grokked, 2 stopped (2 kicks); 4,450 steps used vs 9,000" in from_mlflow
-    assert "  grokker_p47_wd1: grokked at step 1650" in from_mlflow
-    assert "  memorizer_p47_wd0: stopped at step 1150: never-grok" in from_mlflow
+    # Trials are named by what varies across the sweep: here the recorded curve.
+    assert "  curve=grokker_p47_wd1: grokked at step 1650" in from_mlflow
+    assert "  curve=memorizer_p47_wd0: stopped at step 1150: never-grok" in from_mlflow
     assert (
-        "  memorizer_p47_wd0 at step 300: grokfast alpha=0.98 lamb=2 for the rest of the run -> "
-        "no transition "
-        "evidence before the stop at step 1150 (never-grok)"
+        "  curve=memorizer_p47_wd0 at step 300: grokfast alpha=0.98 lamb=2 for the rest of the "
+        "run -> no transition evidence before the stop at step 1150 (never-grok)"
     ) in from_mlflow
     # Same account from either source, apart from where it was read.
     assert from_mlflow.splitlines()[2:] == from_spool.splitlines()[2:]
@@ -148,7 +152,9 @@ def test_report_reads_mlflow_and_the_spool_alike(
     assert page.count("data:image/png;base64,") == 1 + len(CURVES)  # overview + each trial
     assert "<th>kick</th>" in page
     assert report_main([*args[:4], "--format", "markdown"]) == 0
-    assert "| grokker_p47_wd1 | grokked at step 1650 | 1650 | 1650 |" in capsys.readouterr().out
+    markdown = capsys.readouterr().out
+    assert "| curve=grokker_p47_wd1 | grokked at step 1650 | 1650 | 1650 |" in markdown
+    assert "### curve=grokker_p47_wd1\n\nRun `grokker_p47_wd1`: grokked at step 1650" in markdown
     assert report_main(["--experiment", "nope", "--tracking-uri", uri]) == 2
 
 

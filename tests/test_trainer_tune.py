@@ -15,7 +15,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchTrainer
 from ray.util.placement_group import placement_group_table
 
-from grokschedule.adapters.control_channel import ControlChannel
+from grokschedule.adapters.control_channel import CONTROL_KEY, ControlChannel
 from grokschedule.adapters.trainables.deepspeed import TRAIN_RUN_NAME, make_trainable
 from grokschedule.adapters.trainables.train_loop import ScriptedCommands, train_loop_per_worker
 from grokschedule.core.kicks import Kick
@@ -168,7 +168,13 @@ def test_channel_commands_reach_every_rank_and_are_acknowledged(local_ray, tmp_p
     poster = CommandPoster()
     tuner = tune.Tuner(
         tune.with_resources(make_trainable(), {"cpu": 0.01}),
-        param_space={**SPACE, "control": True, "max_steps": 80, "checkpoint_every": 40},
+        param_space={
+            **SPACE,
+            "control": True,
+            "max_steps": 80,
+            "checkpoint_every": 40,
+            CONTROL_KEY: poster.channel.key,  # what GrokScheduler(interventions=...) adds
+        },
         run_config=tune.RunConfig(
             storage_path=str(tmp_path / "ray_results"), verbose=0, callbacks=[poster]
         ),

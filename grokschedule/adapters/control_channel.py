@@ -1,9 +1,17 @@
 """The live control channel: a named Ray actor the scheduler posts commands to and the trainer
 polls between optimizer steps. What a command says is ``grokschedule.core.commands``.
 
-``ControlChannel.post`` (scheduler, in ``on_trial_result``) validates on the driver and sends
-without waiting; ``ControlClient.poll(step)`` (trainer) asks the channel at most every
-``poll_every`` steps and hands back the commands posted since.
+``ControlChannel.post`` (scheduler, in ``on_trial_result``) validates on the driver, signs with
+the sweep's key and sends without waiting; ``ControlClient.poll(step)`` (trainer) asks the channel
+at most every ``poll_every`` steps and hands back the commands posted since that its
+``CommandGate`` admits (``grokschedule.core.commands``: signed with this sweep's key, for this
+trial, newer than any before). Anything else is refused with a warning that names the reason and
+the ids, counted in ``control/refused``, and never applied.
+
+The key reaches the trainables in their config, under ``CONTROL_KEY``: ``GrokScheduler`` puts its
+channel's key there when a trial is added (``key_from_config`` reads it back). Its ``repr`` hides
+the secret, and the MLflow callback leaves the entry out of the trial's params; Tune's pickled
+experiment state holds it, as it holds the rest of the config.
 
 Delivery is at most once: the channel drops a trial's commands when they are polled, so a command
 polled by a worker that dies before its next checkpoint is gone. The scheduler sees that as
@@ -22,7 +30,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from grokschedule.core.commands import Command
+from grokschedule.core.commands import Command, CommandGate, Refusal, SweepKey
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -30,18 +38,31 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 CHANNEL_NAME = "grokschedule-control"
+CONTROL_KEY = "_grokschedule_control"  # the trial config entry that holds the sweep's key
+
+
+def key_from_config(config: Mapping[str, Any]) -> SweepKey:
+    """The sweep's key from a trial config; ``ValueError`` if it is not there."""
+    key = config.get(CONTROL_KEY)
+    if not isinstance(key, SweepKey):
+        raise ValueError(
+            f"a trial that polls the control channel needs the sweep's SweepKey under "
+            f"config[{CONTROL_KEY!r}] (GrokScheduler(interventions=...) puts it there; with your "
+            f"own ControlChannel, put its .key there), got {type(key).__name__}"
+        )
+    return key
 
 
 class _Mailbox:
-    """The actor's body: per-trial queues of command dicts."""
+    """The actor's body: per-trial queues of signed command envelopes."""
 
     def __init__(self) -> None:
-        self._queues: dict[str, list[dict[str, Any]]] = {}
+        self._queues: dict[str, list[object]] = {}
 
-    def post(self, trial_id: str, command: dict[str, Any]) -> None:
-        self._queues.setdefault(trial_id, []).append(command)
+    def post(self, trial_id: str, envelope: object) -> None:
+        self._queues.setdefault(trial_id, []).append(envelope)
 
-    def take(self, trial_id: str) -> list[dict[str, Any]]:
+    def take(self, trial_id: str) -> list[object]:
         return self._queues.pop(trial_id, [])
 
     def discard(self, trial_id: str) -> None:
@@ -50,10 +71,14 @@ class _Mailbox:
 
 class ControlChannel:
     """Scheduler side. Cheap to build and to pickle (Tune pickles its scheduler): the actor is
-    made or found on the first ``post``, once Ray is up."""
+    made or found on the first ``post``, once Ray is up. ``key`` signs every command (a fresh
+    one per channel by default); the trainables must be given the same key."""
 
-    def __init__(self, name: str = CHANNEL_NAME, namespace: str | None = None) -> None:
+    def __init__(
+        self, name: str = CHANNEL_NAME, namespace: str | None = None, key: SweepKey | None = None
+    ) -> None:
         self.name, self.namespace = name, namespace
+        self.key = SweepKey.generate() if key is None else key
         self._handle: ActorHandle[_Mailbox] | None = None
         self._last_id: dict[str, int] = {}
 
@@ -70,7 +95,7 @@ class ControlChannel:
                 f"command ids must grow per trial: {parsed.id} after {last} for {trial_id}"
             )
         self._last_id[trial_id] = parsed.id
-        self._actor().post.remote(trial_id, parsed.to_dict())
+        self._actor().post.remote(trial_id, self.key.sign(trial_id, parsed))
 
     def discard(self, trial_id: str) -> None:
         """Drop a finished trial's undelivered commands (call from ``on_trial_complete``)."""
@@ -98,8 +123,10 @@ class ControlChannel:
 
 class ControlClient:
     """Trainer side: ``poll(step)`` returns the commands posted for this trial since the last
-    poll, asking the actor at most every ``poll_every`` steps. Until the scheduler has posted
-    anything the actor may not exist yet; that reads as no commands.
+    poll that ``key`` authenticates, asking the actor at most every ``poll_every`` steps. Until
+    the scheduler has posted anything the actor may not exist yet; that reads as no commands.
+    ``acked_id`` is the trainer's last applied command (after a restore): nothing at or below it
+    is admitted again. ``metrics()`` is the ``control/refused`` count for each report.
 
     A slow answer never fails the trial: after ``timeout_s`` the poll returns nothing and keeps
     the request, whose commands (the actor has already handed them over) come with a later poll
@@ -110,19 +137,29 @@ class ControlClient:
         self,
         trial_id: str,
         poll_every: int,
+        key: SweepKey,
         name: str = CHANNEL_NAME,
         namespace: str | None = None,
         timeout_s: float = 5.0,
+        acked_id: int = -1,
     ) -> None:
         if isinstance(poll_every, bool) or not isinstance(poll_every, int) or poll_every <= 0:
             raise ValueError(f"poll_every must be an int > 0, got {poll_every!r}")
+        self.gate = CommandGate(key, trial_id, acked_id)
         self.trial_id, self.poll_every = trial_id, poll_every
         self.name, self.namespace, self.timeout_s = name, namespace, timeout_s
         self._handle: ActorHandle[_Mailbox] | None = None
-        self._pending: ObjectRef[list[dict[str, Any]]] | None = None
+        self._pending: ObjectRef[list[object]] | None = None
         self._next_poll: int | None = None
 
-    def poll(self, step: int) -> list[dict[str, Any]]:
+    def metrics(self) -> dict[str, int]:
+        return self.gate.metrics()
+
+    def acknowledged(self, acked_id: int) -> None:
+        """The trainer applied ``acked_id`` by other means (restored from a checkpoint)."""
+        self.gate.acknowledged(acked_id)
+
+    def poll(self, step: int) -> list[Command]:
         if self._next_poll is not None and step < self._next_poll:
             return []
         self._next_poll = step + self.poll_every
@@ -146,5 +183,18 @@ class ControlClient:
             )
             return []
         request, self._pending = self._pending, None
-        commands: list[dict[str, Any]] = ray.get(request)
-        return commands
+        admitted = []
+        for envelope in ray.get(request):
+            verdict = self.gate.admit(envelope)
+            if isinstance(verdict, Refusal):
+                logger.warning(
+                    "control channel: trial %s (sweep %s) refused a command at step %d, "
+                    "not applied: %s",
+                    self.trial_id,
+                    self.gate.key.sweep_id,
+                    step,
+                    verdict.describe(),
+                )
+            else:
+                admitted.append(verdict)
+        return admitted

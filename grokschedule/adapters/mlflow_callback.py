@@ -1,8 +1,9 @@
 """MLflow logging for a grokking-aware sweep: Tune callbacks mapped onto ``SweepLogger``.
 
-One MLflow run per trial (config as params, run named like the console's trial label, tag
-``trial_name``) as with Ray's ``MLflowLoggerCallback``, nested under one parent run per sweep,
-plus what Ray lacks: metrics against the trial's own step in one batch per result, the
+One MLflow run per trial (config as params, tag ``trial_name``) as with Ray's
+``MLflowLoggerCallback``, named by its searched parameters first (``wd=1 frac=0.6 p=47
+(2b4c1_00003)``) so the runs table shows what tells the runs apart, nested under one parent run
+per sweep, plus what Ray lacks: metrics against the trial's own step in one batch per result, the
 scheduler's score and signals, phase and verdict tags, the decision timeline (JSON, Markdown,
 HTML), curves and sweep overview plots, and the sweep report.
 
@@ -28,9 +29,11 @@ from ray.tune.logger import LoggerCallback
 from ray.tune.search.sample import Categorical, Domain, Function
 from ray.tune.utils import flatten_dict
 
+from grokschedule.adapters.control_channel import CONTROL_KEY
 from grokschedule.adapters.reporter import trial_label
 from grokschedule.adapters.scheduler import GrokScheduler
 from grokschedule.core.kick_policy import KickConfig
+from grokschedule.core.labels import describe
 from grokschedule.tracking.logger import SweepLogger, check_tracking_uri
 
 UNFINISHED = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
@@ -72,6 +75,13 @@ def describe_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, str]
         else:
             out[name] = str(value)
     return out
+
+
+def run_name(trial: Trial) -> str:
+    """A trial's MLflow run name: its searched parameters, short and rounded
+    (``wd=1 frac=0.6 p=47``), then its trial id, which the UI's narrow column may cut off."""
+    label = describe(trial.evaluated_params)
+    return f"{label} ({trial.trial_id})" if label else trial.trial_id
 
 
 def _describe_kicks(kicks: KickConfig | None) -> str:
@@ -131,9 +141,10 @@ class GrokMLflowLoggerCallback(LoggerCallback):
         self._num_samples = info.get("total_num_samples")
 
     def log_trial_start(self, trial: Trial) -> None:
-        params = flatten_dict(trial.config, delimiter="/")
+        config = {k: v for k, v in trial.config.items() if k != CONTROL_KEY}  # the sweep's key
+        params = flatten_dict(config, delimiter="/")
         tags = {**self.tags, "trial_name": str(trial)}
-        self._logger(trial).start_trial(trial.trial_id, trial_label(trial), params, tags)
+        self._logger(trial).start_trial(trial.trial_id, run_name(trial), params, tags)
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict[str, Any]) -> None:
         step = result.get(self.scheduler.time_attr, result.get("training_iteration", 0))

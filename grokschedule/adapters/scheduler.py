@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from grokschedule.adapters.control_channel import ControlChannel
+from grokschedule.adapters.control_channel import CONTROL_KEY, ControlChannel
 from grokschedule.adapters.restart import ConfigChange, RestartFallback
 from grokschedule.core.commands import config_change
 from grokschedule.core.contract import ACKED_ID, CONTROL_WEIGHT_DECAY, MetricNames, Observation
@@ -212,6 +212,8 @@ class GrokScheduler(FIFOScheduler):
         # trial, PENDING again: the error was not final, and it must not count as errored.
         if trial.status != Trial.ERROR:
             self._errors.pop(trial.trial_id, None)
+        if self._channel is not None:  # the key its commands are signed with (control_channel)
+            trial.config[CONTROL_KEY] = self._channel.key
 
     def debug_string(self) -> str:
         if self.policy is None:

@@ -2,7 +2,9 @@
 
 One parent run per sweep (scheduler settings, search space, live and final totals, an overview
 plot and the sweep report) with one nested run per trial (config as params, step-indexed metrics,
-phase and verdict tags, the decision timeline, a curves plot). Plain MLflow and matplotlib, no Ray:
+phase and verdict tags, the decision timeline, a curves plot), every run with MLflow's context
+tags (user, source, git commit) as ``mlflow.start_run`` would set them. Plain MLflow and
+matplotlib, no Ray:
 ``grokschedule.adapters.mlflow_callback`` drives it from Tune callbacks, and anything else that
 produces trials and decisions can drive it the same way.
 
@@ -16,12 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.git_utils import get_git_commit
 
 from grokschedule.core.decision import Decision
 from grokschedule.core.summary import judge
@@ -58,6 +64,24 @@ def check_tracking_uri(uri: str) -> None:
         )
 
 
+def context_tags() -> dict[str, str]:
+    """MLflow's run context tags for this process (``mlflow.user``, ``mlflow.source.name`` and
+    ``.type``, ``mlflow.source.git.commit`` and, when known, branch and repo URL), from MLflow's
+    own resolvers. Those find the commit from the main script's directory; a console script
+    installed outside the checkout has none, so the working directory's checkout counts too.
+    Resolve it once per sweep (tens of milliseconds; it reads git)."""
+    tags = {k: str(v) for k, v in resolve_tags().items() if k.startswith("mlflow.")}
+    if names.GIT_COMMIT not in tags:
+        commit = get_git_commit(os.getcwd())
+        if commit:
+            tags[names.GIT_COMMIT] = commit
+    for key, value in tags.items():  # a remote cloned with a token must not hand it to MLflow
+        parts = urlsplit(value)
+        if key.endswith("repoURL") and parts.hostname and (parts.username or parts.password):
+            tags[key] = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return tags
+
+
 class SweepLogger:
     """One sweep's runs in MLflow, written through a local journal (see the module docstring).
 
@@ -70,6 +94,8 @@ class SweepLogger:
         totals and plots.
     close_timeout_s: How long ``end_sweep`` waits for an unreachable MLflow before it leaves
         the rest in the journal.
+    run_context: MLflow context tags for every run (default: ``context_tags()``, resolved here,
+        on the driver, once).
     """
 
     def __init__(
@@ -84,8 +110,10 @@ class SweepLogger:
         max_t: float,
         max_extension: float,
         close_timeout_s: float = 30.0,
+        run_context: Mapping[str, str] | None = None,
     ) -> None:
         check_tracking_uri(tracking_uri)
+        self.run_context = dict(context_tags() if run_context is None else run_context)
         self.sweep_id = sweep_id
         self.metric, self.threshold = metric, threshold
         self.max_t, self.max_extension = max_t, max_extension
@@ -276,6 +304,7 @@ class SweepLogger:
             return
         self._created.add(key)
         tags = {
+            **self.run_context,
             **tags,
             names.ROLE: "trial" if parent else "sweep",
             names.SWEEP_ID: self.sweep_id,

@@ -8,6 +8,13 @@ ROLE = "grok.role"  # "sweep" or "trial"
 SWEEP_ID = "grok.sweep_id"
 RUN_KEY = "grok.run_key"  # "<sweep id>/<local key>": finds a run again after a lost reply
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: nests trial runs under the sweep run
+# MLflow's context tags (mlflow.user, mlflow.source.*), resolved once per sweep on the driver
+USER, SOURCE_NAME, SOURCE_TYPE = "mlflow.user", "mlflow.source.name", "mlflow.source.type"
+GIT_COMMIT = "mlflow.source.git.commit"
+
+# experiment tag: MLflow 3's UI opens an experiment without it on its (empty) GenAI traces page
+EXPERIMENT_KIND = "mlflow.experimentKind"
+CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"  # runs, metrics and artifacts
 # trial tags while running
 PHASE = "grok.phase"
 LAST_DECISION = "grok.last_decision"

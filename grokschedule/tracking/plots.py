@@ -171,13 +171,14 @@ def trial_figure(
         for k in dict.fromkeys(d["kind"] for d in decisions)
         if k in DECISION_STYLE
     ]
-    figure.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncol=min(len(handles), 7),
-        frameon=False,
-        fontsize=8.5,
-    )
+    if handles:  # none for a trial that ended before its first result
+        figure.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=min(len(handles), 7),
+            frameon=False,
+            fontsize=8.5,
+        )
     figure.suptitle(title, fontsize=11, fontweight="bold", x=0.01, ha="left")
     acc_ax.set_title(outcome, loc="left", fontsize=10.5, color=_outcome_color(outcome), pad=14)
     return _png(figure)
@@ -270,18 +271,13 @@ def _mark_decisions(
             acc_ax.plot([step], [value], marker="*", ms=16, color=STAR, mec=STAR_EDGE, zorder=6)
 
 
-def short_names(names: Sequence[str]) -> list[str]:
-    """Trial labels without the ``key=value`` words they all share (``p=47`` in every one tells
-    nothing), cut to a readable length."""
-    words = [name.split() for name in names]
-    shared = set.intersection(*(set(w[1:]) for w in words)) if len(words) > 1 else set()
-    short = [" ".join(w[:1] + [x for x in w[1:] if x not in shared]) for w in words]
-    return [name if len(name) <= 48 else name[:47] + "…" for name in short]
+MAX_LABEL = 64  # characters of a trial's label on the overview's axis
 
 
 @dataclass(frozen=True)
 class OverviewTrial:
-    """One bar of the sweep overview."""
+    """One bar of the sweep overview; ``name`` labels it (``grokschedule.core.labels``: the
+    parameters that tell the trial apart, ``wd=1 frac=0.6``)."""
 
     name: str
     category: str
@@ -358,7 +354,8 @@ def sweep_figure(
                 ls="",
                 zorder=4,
             )
-    bars_ax.set_yticks(range(len(rows)), short_names([t.name for t in rows]), fontsize=8.5)
+    names = [t.name if len(t.name) <= MAX_LABEL else t.name[: MAX_LABEL - 1] + "…" for t in rows]
+    bars_ax.set_yticks(range(len(rows)), names, fontsize=8.5)
     bars_ax.set_ylim(-0.6, len(rows) - 0.4)
     bars_ax.set_xlim(0, right)
     bars_ax.set_xlabel("steps used")

@@ -2,8 +2,9 @@
 
 Which trials grokked and when, which were stopped and why, what each kick did, and the compute
 used against running every trial to ``max_t``, as text for the console, or Markdown / HTML to
-share (the HTML embeds the plots). The same renderer writes ``summary.md`` / ``summary.html``
-on the sweep's parent run at the end of a sweep.
+share (the HTML embeds the plots). Trials are named by the parameters that tell them apart
+(``wd=1 frac=0.6``, ``grokschedule.core.labels``). The same renderer writes ``summary.md`` /
+``summary.html`` on the sweep's parent run at the end of a sweep.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from grokschedule.core.labels import short_labels
 from grokschedule.tracking import names
 from grokschedule.tracking.plots import OverviewTrial, sweep_figure
 from grokschedule.tracking.sender import Sender, configure_mlflow_client, why
@@ -44,7 +46,8 @@ FORMATS = ("text", "markdown", "html")
 @dataclass
 class TrialReport:
     key: str
-    name: str
+    name: str  # the MLflow run name
+    label: str  # what tells this trial from the sweep's others: ``wd=1 frac=0.6``
     category: str
     outcome: str
     verdict: str
@@ -70,6 +73,7 @@ class SweepReport:
     search_space: dict[str, str]
     trials: list[TrialReport]
     overview: bytes | None = None
+    url: str | None = None  # the sweep run in MLflow's UI
 
     @property
     def metric(self) -> str:
@@ -97,6 +101,7 @@ class SweepReport:
         the decision logs of kicked trials are fetched."""
         params = view.parent.params
         settings = _strip(params, names.SETTING_PREFIX)
+        labels = short_labels({run.key: run.params for run in view.trials})
         trials = []
         for run in view.trials:
             tags = run.tags
@@ -110,6 +115,7 @@ class SweepReport:
             trial = TrialReport(
                 key=run.key,
                 name=run.name,
+                label=labels[run.key],
                 category=category,
                 outcome=outcome,
                 verdict=tags.get(names.VERDICT, tags.get(names.LAST_DECISION, "")),
@@ -128,6 +134,7 @@ class SweepReport:
             sweep_id=view.sweep_id,
             name=view.parent.name,
             source=view.source,
+            url=view.url,
             settings=settings,
             search_space=_strip(params, names.SPACE_PREFIX),
             trials=trials,
@@ -144,7 +151,7 @@ def overview_png(report: SweepReport, view: SweepView) -> bytes:
     by_key = {run.key: run for run in view.trials}
     rows = [
         OverviewTrial(
-            name=t.name,
+            name=t.label,
             category=t.category,
             outcome=t.outcome,
             steps_used=t.steps_used,
@@ -189,7 +196,7 @@ def _groups(report: SweepReport) -> list[tuple[str, list[TrialReport]]]:
     for category in order:
         trials = sorted(
             (t for t in report.trials if t.category == category),
-            key=lambda t: (t.grok_step or t.steps_used, t.name),
+            key=lambda t: (t.grok_step or t.steps_used, t.label),
         )
         if trials:
             groups.append((f"{titles[category]} ({len(trials)})", trials))
@@ -211,13 +218,13 @@ def _settings_line(report: SweepReport) -> str:
 
 
 def _kick_rows(report: SweepReport) -> list[tuple[str, str, str, str]]:
-    return [(t.name, f"{k.step:.0f}", k.kick, k.effect) for t in report.trials for k in t.kicks]
+    return [(t.label, f"{k.step:.0f}", k.kick, k.effect) for t in report.trials for k in t.kicks]
 
 
 def _text(report: SweepReport) -> str:
     lines = [
         f"Sweep {report.name} (experiment {report.experiment}, sweep {report.sweep_id})",
-        f"  read from {report.source}",
+        f"  read from {report.source}" + (f"; open {report.url}" if report.url else ""),
         f"Scheduler: {_settings_line(report)}",
     ]
     if report.search_space:
@@ -228,7 +235,7 @@ def _text(report: SweepReport) -> str:
     for title, trials in _groups(report):
         lines.append(f"{title}:")
         for t in trials:
-            lines.append(f"  {t.name}: {t.outcome}")
+            lines.append(f"  {t.label}: {t.outcome}")
             if t.category in ("stopped", "failed") and t.verdict:
                 lines.append(f"      {t.verdict}")
     kicks = _kick_rows(report)
@@ -246,7 +253,7 @@ TRIAL_COLUMNS = ("trial", "outcome", "steps", "grok step", "kicks", "rollbacks",
 def _trial_rows(report: SweepReport) -> list[tuple[str, ...]]:
     return [
         (
-            t.name,
+            t.label,
             t.outcome,
             f"{t.steps_used:.0f}",
             "" if t.grok_step is None else f"{t.grok_step:.0f}",
@@ -263,7 +270,8 @@ def _markdown(report: SweepReport) -> str:
     parts = [
         f"# Sweep {report.name}",
         "",
-        f"Experiment `{report.experiment}`, sweep `{report.sweep_id}`, read from {report.source}.",
+        f"Experiment `{report.experiment}`, sweep `{report.sweep_id}`, read from {report.source}"
+        + (f" ([open in MLflow]({report.url}))." if report.url else "."),
         "",
         f"**{describe_totals(report.totals)}.**",
         "",
@@ -280,7 +288,7 @@ def _markdown(report: SweepReport) -> str:
         parts += ["", "## Kicks", "", markdown_table(("trial", "step", "kick", "effect"), kicks)]
     for _, trials in _groups(report):
         for t in trials:
-            parts += ["", f"### {t.name}", "", f"{t.outcome}", ""]
+            parts += ["", f"### {t.label}", "", f"Run `{t.name}`: {t.outcome}", ""]
             parts.append(markdown_table(TIMELINE_COLUMNS, timeline_rows(t.decisions)))
     return "\n".join(parts) + "\n"
 
@@ -296,7 +304,9 @@ def _html(report: SweepReport) -> str:
     body = [
         f"<h1>Sweep {html.escape(report.name)}</h1>",
         f"<p>Experiment <code>{html.escape(report.experiment)}</code>, sweep "
-        f"<code>{html.escape(report.sweep_id)}</code>, read from {html.escape(report.source)}.</p>",
+        f"<code>{html.escape(report.sweep_id)}</code>, read from {html.escape(report.source)}"
+        + (f" (<a href='{html.escape(report.url)}'>open in MLflow</a>)." if report.url else ".")
+        + "</p>",
         f"<p><b>{html.escape(describe_totals(report.totals))}.</b></p>",
         _img(report.overview, "sweep overview"),
         "<h2>Scheduler</h2>",
@@ -311,9 +321,12 @@ def _html(report: SweepReport) -> str:
         body += ["<h2>Kicks</h2>", html_table(("trial", "step", "kick", "effect"), kicks)]
     for _, trials in _groups(report):
         for t in trials:
-            body.append(f"<h3>{html.escape(t.name)}</h3>")
-            body.append(f"<p class='{t.category}'><b>{html.escape(t.outcome)}</b></p>")
-            body.append(_img(t.curves, f"curves of {t.name}"))
+            body.append(f"<h3>{html.escape(t.label)}</h3>")
+            body.append(
+                f"<p class='{t.category}'>Run <code>{html.escape(t.name)}</code>: "
+                f"<b>{html.escape(t.outcome)}</b></p>"
+            )
+            body.append(_img(t.curves, f"curves of {t.label}"))
             body.append(html_table(TIMELINE_COLUMNS, timeline_rows(t.decisions)))
     return html_page(f"Sweep {report.name}", "\n".join(body))
 

@@ -254,13 +254,19 @@ class Sender:
         return self.cursor.runs[record["key"]]
 
     def _experiment_id(self) -> str:
+        """The experiment's id, creating it if missing, and tagged as one of model development
+        (``names.EXPERIMENT_KIND``) unless it already says what kind it is."""
         if self.cursor.experiment_id is None:
+            kind = {names.EXPERIMENT_KIND: names.CUSTOM_MODEL_DEVELOPMENT}
             experiment = self.client.get_experiment_by_name(self.experiment)
-            self.cursor.experiment_id = (
-                experiment.experiment_id
-                if experiment is not None
-                else self.client.create_experiment(self.experiment)
-            )
+            if experiment is None:
+                self.cursor.experiment_id = self.client.create_experiment(
+                    self.experiment, tags=kind
+                )
+            else:
+                if names.EXPERIMENT_KIND not in experiment.tags:
+                    self.client.set_experiment_tag(experiment.experiment_id, *kind.popitem())
+                self.cursor.experiment_id = experiment.experiment_id
         return self.cursor.experiment_id
 
 

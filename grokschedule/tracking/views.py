@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from mlflow.exceptions import MlflowException
@@ -21,6 +22,15 @@ from grokschedule.tracking import names
 from grokschedule.tracking.spool import RECORDS, read_records
 
 Series = list[tuple[float, float]]
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs (or of one run) at ``base`` (the server's
+    address): with ``workflowType=machine_learning``, which MLflow 3's UI needs to open on the
+    runs table rather than its GenAI overview; the ``mlflow.experimentKind`` tag alone does not
+    do it in 3.17."""
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
 @dataclass
@@ -47,6 +57,7 @@ class SweepView:
     source: str  # where it was read from, for the report header
     parent: RunView
     trials: list[RunView]
+    url: str | None = None  # the sweep run in MLflow's UI, when read from a server
 
 
 # -- the local spool ------------------------------------------------------------------------------
@@ -151,12 +162,14 @@ def mlflow_view(tracking_uri: str, experiment: str, sweep: str | None = None) ->
         order_by=["attributes.start_time ASC"],
         max_results=10_000,
     )
+    served = urlsplit(tracking_uri).scheme in ("http", "https")  # the server has the UI
     return SweepView(
         experiment=experiment,
         sweep_id=parent.data.tags.get(names.SWEEP_ID, parent.info.run_id),
         source=f"MLflow {tracking_uri}",
         parent=_run_view(client, parent),
         trials=[_run_view(client, run) for run in children],
+        url=ui_url(tracking_uri, found.experiment_id, parent.info.run_id) if served else None,
     )
 
 

@@ -23,6 +23,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from grokschedule.adapters.control_channel import key_from_config
 from grokschedule.adapters.ray_compat import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 from grokschedule.adapters.trainables.train_guard import (
     AbortTrainRunOnStop,
@@ -62,7 +63,7 @@ def make_trainable(
         if commands is not None:
             loop_config[COMMANDS_KEY] = commands(trial_id)
         elif trainer_config.control:
-            loop_config[COMMANDS_KEY] = ChannelCommands(trial_id)
+            loop_config[COMMANDS_KEY] = ChannelCommands(trial_id, key_from_config(config))
         run(trainer_config, loop_config)
 
     # Tune builds the trial's Trainable class with these mixins: stop and pause then abort the

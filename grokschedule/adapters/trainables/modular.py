@@ -8,7 +8,9 @@ With ``config["control"] = True`` it also polls the live control channel
 ``eval_every``: the scheduler decides on reports, so polling right after each one adds no latency),
 applies the commands between steps, adds the ``control/*`` acknowledgement keys to every report, and
 checkpoints with the first report after a command, so the rollback snapshot taken before a kick
-survives a worker restart. Without it the loop is the plain one.
+survives a worker restart. It needs the sweep's key in the config (``CONTROL_KEY``, which
+``GrokScheduler(interventions=...)`` adds) and applies only the commands it authenticates; the
+others count in ``control/refused``. Without it the loop is the plain one.
 
 Trainables that do not poll get kicks by restart instead (``control.restart_with_config``);
 ``kick_config_change`` says what a kick becomes in this trainable's config.
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from grokschedule.adapters.control_channel import ControlClient
+from grokschedule.adapters.control_channel import ControlClient, key_from_config
 from grokschedule.core.commands import config_change
 from grokschedule.core.kicks import BATCH_SIZE, Kick
 from grokschedule.training import checkpoints
@@ -57,11 +59,14 @@ def modular_trainable(config: dict[str, Any]) -> None:
     client = None
     if config.get("control", False):
         poll_every = int(config.get("control_poll_every", trainer.config.eval_every))
-        client = ControlClient(tune.get_context().get_trial_id(), poll_every)
+        trial_id = tune.get_context().get_trial_id()
+        key = key_from_config(config)
+        client = ControlClient(trial_id, poll_every, key, acked_id=trainer.control.acked_id)
     checkpointed_ack = trainer.control.acked_id
     for metrics in trainer.run(None if client is None else client.poll):
         if client is not None:
             metrics.update(trainer.control_metrics())
+            metrics.update(client.metrics())
         if trainer.step % checkpoint_every == 0 or trainer.control.acked_id != checkpointed_ack:
             checkpointed_ack = trainer.control.acked_id
             with tempfile.TemporaryDirectory() as directory:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from grokschedule.adapters.control_channel import ControlClient
-from grokschedule.core.commands import Command as ChannelCommand
+from grokschedule.core.commands import SweepKey
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
     check_hardware,
@@ -54,15 +54,16 @@ class ScriptedCommands:
 
 class ChannelCommands:
     """The command source for a trial under ``GrokScheduler(interventions=...)``: what the
-    scheduler posted to the control channel for ``trial_id``, validated. The loop decides when to
-    ask (every ``poll_every`` steps), so the client asks the channel on every call. Picklable
-    before its first poll, which is how it travels to the workers."""
+    scheduler posted to the control channel for ``trial_id``, signed with the sweep's ``key``
+    and validated (the rest is refused and counted, ``metrics``). The loop decides when to ask
+    (every ``poll_every`` steps), so the client asks the channel on every call. Picklable before
+    its first poll, which is how it travels to the workers."""
 
-    def __init__(self, trial_id: str) -> None:
-        self.client = ControlClient(trial_id, poll_every=1)
+    def __init__(self, trial_id: str, key: SweepKey) -> None:
+        self.client = ControlClient(trial_id, poll_every=1, key=key)
 
     def __call__(self, step: int) -> list[EngineCommand]:
-        return [ChannelCommand.from_dict(command) for command in self.client.poll(step)]
+        return list(self.client.poll(step))
 
 
 def poll_commands(source: CommandSource | None, step: int) -> list[EngineCommand]:
@@ -103,7 +104,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             run = DeepSpeedRun.restore(config, task, device, Path(directory))
 
-    controlled = isinstance(source, ChannelCommands)
+    if isinstance(source, ChannelCommands):
+        source.client.acknowledged(run.control.acked_id)  # a restored run's commands stay done
     checkpointed_ack = run.control.acked_id
     started, examples = time.perf_counter(), 0  # throughput between reports, without them
     while run.step < config.max_steps:
@@ -119,8 +121,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             torch.cuda.synchronize()  # count the kernels queued so far, not just their launch
         tokens_per_s = examples * run.task.tokens_per_example / (time.perf_counter() - started)
         metrics = {**report_metrics(run), "tokens_per_s": tokens_per_s}
-        if controlled:
+        if isinstance(source, ChannelCommands):  # rank 0 polls: its count is the one reported
             metrics.update(run.control.metrics(len(run.active)))
+            metrics.update(source.client.metrics())
         every = config.checkpoint_every
         due = every and (run.step % every == 0 or run.step == config.max_steps)
         if run.can_checkpoint and (due or (every and run.control.acked_id != checkpointed_ack)):

@@ -100,8 +100,8 @@ def make_optimizer(
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-# Poll function for ``ModularTrainer.run``: step -> command dicts to apply before that step.
-Poll = Callable[[int], Iterable[Mapping[str, Any]]]
+# Poll function for ``ModularTrainer.run``: step -> commands (or their dicts) to apply before it.
+Poll = Callable[[int], Iterable[Mapping[str, Any] | Command]]
 
 
 class ModularTrainer:
