@@ -75,5 +75,5 @@ def test_a_trial_is_named_by_its_original_config_rounded_with_its_kicks_listed()
     assert "0.8999" not in text and "0.0030000" not in text
     assert verdict_tags(outcome.verdict)[names.KICKS_APPLIED] == expected  # MLflow: the same
     assert describe_config({"weight_decay": 0.8999999999999999, "lr": 12345.678}) == (
-        "weight_decay=0.9,lr=1.23e+04"
+        "weight_decay=0.9,lr=12300"
     )

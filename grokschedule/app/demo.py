@@ -13,14 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import ray
 from ray import tune
 
 from grokschedule.adapters.trainables.modular import modular_trainable
 from grokschedule.app.runner import SweepSettings, run_sweep
+from grokschedule.tracking.views import ui_url
 
 MAX_T = 3_000
 MAX_EXTENSION = 1_500
+DEMO_EXPERIMENT = "grokschedule-demo"
 
 
 def demo_settings(root: Path, quick: bool = False) -> SweepSettings:
@@ -53,7 +56,7 @@ def demo_settings(root: Path, quick: bool = False) -> SweepSettings:
         scheduler=scheduler,
         trainable=modular_trainable,
         root=root,
-        experiment="grokschedule-demo",
+        experiment=DEMO_EXPERIMENT,
     )
 
 
@@ -72,4 +75,7 @@ def run_demo(root: Path, quick: bool = False) -> int:
     print(f"Wall time: {time.monotonic() - started:.0f} s")
     print(f"Tune experiment: {outcome.experiment_path}")
     print(f"Review the runs:  mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    experiment = mlflow.MlflowClient(outcome.tracking_uri).get_experiment_by_name(DEMO_EXPERIMENT)
+    if experiment is not None:  # MLflow 3's UI opens on the runs table only with this link
+        print(f"  then open:      {ui_url('http://127.0.0.1:5000', experiment.experiment_id)}")
     return 0

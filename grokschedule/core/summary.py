@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grokschedule.core.decision import Decision, DecisionKind
+from grokschedule.core.labels import format_value
 from grokschedule.core.phases import Phase
 
 
@@ -32,18 +33,6 @@ class Verdict:
     applied_kicks: tuple[str, ...] = ()  # "step 300: lr_multiply factor=3 for 300 steps", ...
 
 
-def _round(value: float) -> str:
-    """A number as people read it: 3 significant digits, no float noise (0.9, not
-    0.8999999999999999; 0.003; 1.23e+04). Private until the project's shared helper lands."""
-    return f"{value:.3g}"
-
-
-def _human(value: Any) -> str:
-    if isinstance(value, float):
-        return _round(value)
-    return str(value)
-
-
 # The keys a trial is named by, in this order, when its config has them; others follow.
 NAME_KEYS = ("op", "p", "train_fraction", "weight_decay", "lr")
 
@@ -54,7 +43,7 @@ def describe_config(
     """``op=mul,p=61,train_fraction=0.35,weight_decay=0.3,lr=0.003``: ``keys`` (default
     ``NAME_KEYS``; all of ``config`` for ``()``) that ``config`` has, values rounded for people."""
     wanted = NAME_KEYS if keys is None else (keys or tuple(config))
-    return sep.join(f"{key}={_human(config[key])}" for key in wanted if key in config)
+    return sep.join(f"{key}={format_value(config[key])}" for key in wanted if key in config)
 
 
 def describe_kick_decision(decision: Decision) -> str:
@@ -63,7 +52,7 @@ def describe_kick_decision(decision: Decision) -> str:
     if decision.kind is not DecisionKind.KICK or command is None or command.kick is None:
         return ""
     kick = command.kick
-    params = " ".join(f"{k}={_round(v)}" for k, v in sorted(kick.params.items()))
+    params = " ".join(f"{k}={format_value(v)}" for k, v in sorted(kick.params.items()))
     span = (
         f" for {kick.duration_steps} steps" if kick.duration_steps else " for the rest of the run"
     )
