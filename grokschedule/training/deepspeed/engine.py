@@ -75,6 +75,7 @@ from grokschedule.core.kicks import (
 from grokschedule.training.checkpoints import load_tensors
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
+    check_adapter_ranks,
     check_fits,
     deepspeed_config,
     device_memory_bytes,
@@ -246,7 +247,6 @@ class DeepSpeedRun:
         memory, what = device_memory_bytes(self.config.use_gpu)
         check_fits(n_params, n_trainable, self.config, self.world_size, memory, what)
         config = deepspeed_config(self.config, optimizer, self.batch_size)
-        config["checkpoint"] = {"use_node_local_storage": True}  # see _switch_checkpoint_dir
         if self.config.precision != "fp32":
             model = model.to(self.config.dtype)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -474,6 +474,7 @@ class DeepSpeedRun:
         }
         task = self.task.with_adapter_rank(rank)
         model = task.build_model()
+        check_adapter_ranks(model, "SetAdapterRank rank")  # before the running engine goes
         task.load_grown(model, old_state)
         self._release_engine()
         self.task = task
