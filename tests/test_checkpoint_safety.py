@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from ray.train import Checkpoint
-from test_trainer_engine import make_run, process_group, train  # noqa: F401  (a fixture)
+from test_trainer_engine import make_run, train
 
 from grokschedule.adapters.trainables.modular import STATE_FILE, _load_state, _save_state
 from grokschedule.core.commands import Command
@@ -92,7 +92,7 @@ def test_modular_checkpoints_resume_and_a_tampered_one_falls_back(tmp_path: Path
 
 @pytest.mark.slow
 def test_deepspeed_zero2_checkpoint_resumes_and_a_tampered_one_is_refused(
-    process_group: None,  # noqa: F811
+    process_group: None,
     tmp_path: Path,
 ) -> None:
     run = make_run(zero_stage=2)

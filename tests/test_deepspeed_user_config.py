@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_engine import TASK, process_group, train  # noqa: F401  (a fixture)
+from test_trainer_engine import TASK, train
 
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
@@ -339,7 +339,7 @@ def test_an_unreadable_json_file_is_named(tmp_path: Path) -> None:
     ],
 )
 def test_passthrough_keys_reach_deepspeed_initialize(
-    process_group: None,  # noqa: F811
+    process_group: None,
     tmp_path: Path,
     stage: int,
     zero: dict,

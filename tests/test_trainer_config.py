@@ -4,7 +4,7 @@ bad input only the task shows (empty splits, LoRA ranks), refused before any wor
 from __future__ import annotations
 
 import pytest
-from test_trainer_engine import lm_run, process_group, train  # noqa: F401  (a fixture)
+from test_trainer_engine import lm_run, train
 
 from grokschedule.training.deepspeed.config import (
     GIB,
@@ -165,7 +165,7 @@ def test_the_deepspeed_trainable_refuses_bad_input_before_asking_for_workers(
 
 @pytest.mark.slow
 def test_raising_the_lora_rank_past_the_layers_is_refused_and_the_run_goes_on(
-    process_group: None,  # noqa: F811
+    process_group: None,
 ) -> None:
     run = lm_run(lm_lora_rank=8, zero_stage=2)  # lm_hidden 32: q_proj is 32 → 32
     with pytest.raises(ValueError, match=r"SetAdapterRank rank 64 is larger than the layer"):
