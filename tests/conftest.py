@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -51,3 +52,23 @@ def local_ray() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def process_group() -> Iterator[None]:
+    """A one-rank gloo group, as Ray Train would have set up on a worker, with its env vars for
+    the module. The group is made once and kept for the session: DeepSpeed keeps the groups it
+    first saw, so an engine built after a destroy-and-recreate fails ("is not registered")."""
+    import torch.distributed as dist  # not for the tests that never need torch
+
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+            env.setenv(key, value)
+        if not dist.is_initialized():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            env.setenv("MASTER_ADDR", "127.0.0.1")
+            env.setenv("MASTER_PORT", str(port))
+            dist.init_process_group("gloo", rank=0, world_size=1)
+        yield

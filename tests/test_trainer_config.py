@@ -1,18 +1,23 @@
-"""TrainerConfig validation, the DeepSpeed JSON, the LR schedule and the memory estimate."""
+"""TrainerConfig validation, the DeepSpeed JSON, the LR schedule, the memory estimate, and the
+bad input only the task shows (empty splits, LoRA ranks), refused before any worker starts."""
 
 from __future__ import annotations
 
 import pytest
+from test_trainer_engine import lm_run, train
 
 from grokschedule.training.deepspeed.config import (
     GIB,
     TrainerConfig,
     check_fits,
+    check_task,
     cuda_arch_list_for_deepspeed,
     deepspeed_config,
     lr_at,
     model_state_bytes,
 )
+from grokschedule.training.deepspeed.engine import SetAdapterRank
+from grokschedule.training.deepspeed.registry import build_task
 
 
 @pytest.mark.parametrize(
@@ -89,3 +94,81 @@ def test_cuda_arch_list_drops_arch_specific_suffixes() -> None:
     assert cuda_arch_list_for_deepspeed("9.0;9.0a") == "9.0"
     with pytest.raises(ValueError, match="not like"):
         cuda_arch_list_for_deepspeed("hopper")
+
+
+# -- bad input that needs the task: refused by the driver-side trainable, before any worker -----
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        (
+            {"p": 2, "train_fraction": 0.9},
+            r"task 'modular': the 'val' set is empty after the split \(train 4, val 0 examples\) "
+            r"with op='add', p=2, train_fraction=0.9; lower train_fraction or raise p",
+        ),
+        (  # div drops the pairs with y = 0: 2 of 4 are left, and 0.75 of 2 rounds to both
+            {"op": "div", "p": 2, "train_fraction": 0.75},
+            r"'val' set is empty after the split \(train 2, val 0 examples\) with op='div'",
+        ),
+        (
+            {"task": "lm", "lm_p": 2, "lm_train_fraction": 0.9},
+            r"task 'lm': the 'val' set is empty .* lm_p=2, lm_train_fraction=0.9; "
+            r"lower lm_train_fraction or raise lm_p",
+        ),
+    ],
+)
+def test_an_empty_evaluation_set_is_refused_with_its_sizes(task: dict, message: str) -> None:
+    config = TrainerConfig.from_mapping(task)
+    with pytest.raises(ValueError, match=message):
+        check_task(config, build_task(config.task, task, False))
+
+
+def test_a_lora_rank_above_the_layer_it_adapts_is_refused() -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    values = {"task": "lm", "lm_p": 11, "lm_hidden": 32, "lm_layers": 1}
+    config = TrainerConfig.from_mapping(values)
+    check_task(config, build_task("lm", {**values, "lm_lora_rank": 32}, False))  # = hidden: fits
+    with pytest.raises(
+        ValueError,
+        match=r"lm_lora_rank 64 is larger than the layer it adapts: "
+        r"base_model\.model\.model\.layers\.0\.self_attn\.q_proj maps 32 → 32, "
+        r"min\(in, out\) = 32; use lm_lora_rank <= 32",
+    ):
+        check_task(config, build_task("lm", {**values, "lm_lora_rank": 64}, False))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"p": 2, "train_fraction": 0.9}, r"the 'val' set is empty"),
+        (
+            {"zero_stage": 1, "deepspeed_config": {"zero_optimization": {"stage": 2}}},
+            r"zero_optimization.stage=2 vs zero_stage=1",
+        ),
+        (
+            {"deepspeed_config": {"zero_optimization": {"offload_param": {"device": "cpu"}}}},
+            r"offload_param \(device 'cpu'\) needs zero_stage 3, got 0",
+        ),
+    ],
+)
+def test_the_deepspeed_trainable_refuses_bad_input_before_asking_for_workers(
+    config: dict, message: str
+) -> None:
+    """No Ray cluster, no Tune session: these fail before the trainable gets that far."""
+    from grokschedule.adapters.trainables.deepspeed import make_trainable
+
+    with pytest.raises(ValueError, match=message):
+        make_trainable()({"p": 23, **config})
+
+
+@pytest.mark.slow
+def test_raising_the_lora_rank_past_the_layers_is_refused_and_the_run_goes_on(
+    process_group: None,
+) -> None:
+    run = lm_run(lm_lora_rank=8, zero_stage=2)  # lm_hidden 32: q_proj is 32 → 32
+    with pytest.raises(ValueError, match=r"SetAdapterRank rank 64 is larger than the layer"):
+        run.apply(SetAdapterRank(64))
+    assert run.task.adapter_rank == 8
+    train(run, 1)  # the engine was not released

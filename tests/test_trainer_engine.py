@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from grokschedule.core.commands import Command as ChannelCommand
 from grokschedule.core.commands import ControlState
@@ -26,21 +23,6 @@ from grokschedule.training.deepspeed.task import ModularDeepSpeedTask
 pytestmark = pytest.mark.slow
 
 TASK = {"p": 23, "embed_dim": 32, "hidden_dim": 64, "train_fraction": 0.5}
-
-
-@pytest.fixture(scope="module")
-def process_group() -> Iterator[None]:
-    """A one-rank gloo group, as Ray Train would have set up on a worker."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
-                           "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():  # fmt: skip
-            env.setenv(key, value)
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        yield
-        dist.destroy_process_group()
 
 
 def make_run(**overrides: object) -> DeepSpeedRun:

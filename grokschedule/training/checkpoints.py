@@ -22,6 +22,12 @@ unverified; a load that raises counts as broken all the same. If no checkpoint i
 trainable starts from scratch, with a warning that lists every failure. Tune itself refuses a
 latest checkpoint whose *directory* is gone ("does not exist on storage anymore") before the
 trainable runs; that case stays Tune's error.
+
+Loading is safe on shared storage: ``load_tensors`` reads a torch file with
+``torch.load(weights_only=True)``, which rebuilds tensors and plain containers but runs no
+pickled code, so a checkpoint someone else could write cannot execute anything in a worker. A
+file that carries a pickled object is refused with ``UnsafeCheckpointError`` naming it (and
+``load_valid`` falls back past it like past any broken checkpoint).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import posixpath
 import re
 import warnings
@@ -37,8 +44,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
+import torch
+
 MANIFEST = "manifest.json"
 _INDEXED = re.compile(r"^checkpoint_(\d+)$")
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # torch's weights_only refusal
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
 _CHUNK = 1 << 20
 T = TypeVar("T")
 
@@ -61,6 +72,39 @@ class CorruptCheckpointError(ValueError):
 
 class CheckpointFallbackWarning(UserWarning):
     """The latest checkpoint was unusable: an earlier one (or a fresh start) was used."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds a pickled object, which ``weights_only`` loading refuses."""
+
+
+def save_tensors(value: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically (``write_file``); ``value`` must hold only tensors
+    and plain containers, or ``load_tensors`` will refuse it."""
+    write_file(path, lambda file: torch.save(value, file))
+
+
+def load_tensors(path: Path, map_location: Any = None) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers, and the
+    classes registered with ``torch.serialization.add_safe_globals`` — never arbitrary pickled
+    objects. ``UnsafeCheckpointError`` naming the file if it carries one."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = _UNSAFE_GLOBAL.search(str(error))
+        if found is None:  # a malformed pickle stream: garbled, or not a torch checkpoint
+            detail = _UNPICKLER_ERROR.search(str(error))
+            reason = detail.group(1) if detail else str(error).splitlines()[0]
+            raise UnsafeCheckpointError(
+                f"{path}: torch.load(weights_only=True) refused it ({reason}): the file is "
+                "garbled or not a tensor checkpoint"
+            ) from error
+        raise UnsafeCheckpointError(
+            f"{path}: torch.load(weights_only=True) refused a pickled object ({found.group(1)}) "
+            "in this checkpoint; grokschedule's checkpoints hold only tensors, plain containers "
+            "and allowlisted classes, so this file was written by other code or altered, and is "
+            "not loaded"
+        ) from error
 
 
 def write_file(path: Path, write: Callable[[IO[bytes]], Any]) -> None:

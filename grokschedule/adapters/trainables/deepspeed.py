@@ -37,7 +37,7 @@ from grokschedule.adapters.trainables.train_loop import (
     CommandSource,
     train_loop_per_worker,
 )
-from grokschedule.training.deepspeed.config import TrainerConfig
+from grokschedule.training.deepspeed.config import TrainerConfig, check_task
 from grokschedule.training.deepspeed.registry import build_task
 
 TRAIN_RUN_NAME = "train"  # the Train run's directory inside the trial's directory
@@ -54,11 +54,15 @@ def make_trainable(
     and rollbacks reach its DeepSpeed engine."""
 
     def deepspeed_trainable(config: dict[str, Any]) -> None:
-        # Bad input fails here, in milliseconds, before any worker is placed.
+        # Bad input fails here, before any worker is placed: the config and the user's
+        # DeepSpeed JSON on construction, empty splits and LoRA ranks on the task.
         trainer_config = TrainerConfig.from_mapping(config)
-        build_task(trainer_config.task, config, trainer_config.activation_checkpointing)
+        task = build_task(trainer_config.task, config, trainer_config.activation_checkpointing)
+        check_task(trainer_config, task)
         context = tune.get_context()
         loop_config = dict(config)
+        if trainer_config.deepspeed_config is not None:  # the JSON file may not be on workers
+            loop_config["deepspeed_config"] = trainer_config.user_deepspeed_config
         trial_id = context.get_trial_id()
         if commands is not None:
             loop_config[COMMANDS_KEY] = commands(trial_id)

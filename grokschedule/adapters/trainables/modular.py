@@ -37,12 +37,12 @@ STATE_FILE = "trainer.pt"
 
 
 def _save_state(state: dict[str, Any], directory: Path) -> None:
-    checkpoints.write_file(directory / STATE_FILE, lambda file: torch.save(state, file))
+    checkpoints.save_tensors(state, directory / STATE_FILE)
     checkpoints.seal(directory)
 
 
 def _load_state(directory: Path) -> Any:
-    return torch.load(directory / STATE_FILE, weights_only=False)
+    return checkpoints.load_tensors(directory / STATE_FILE)  # weights_only: runs no pickled code
 
 
 def modular_trainable(config: dict[str, Any]) -> None:

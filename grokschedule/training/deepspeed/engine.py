@@ -30,6 +30,13 @@ into a freshly built engine (the optimizer in force at the point, its moments in
 the modular trainer the step counter is not rolled back (Tune's time attribute must stay
 monotone); the windows of the restored kicks move by the steps rolled back. A pending rollback
 point is copied into every checkpoint, so it survives a worker restart.
+
+Checkpoints load with ``torch.load(weights_only=True)``. DeepSpeed 0.19.8's own
+``TorchCheckpointEngine.load`` passes ``weights_only=False`` and has no setting to change it, so
+every engine gets ``WeightsOnlyCheckpointEngine`` instead; the few DeepSpeed classes its ZeRO
+optimizer states pickle (``DEEPSPEED_CHECKPOINT_CLASSES``) are allowlisted with
+``torch.serialization.add_safe_globals``. Anything else pickled in a checkpoint is refused
+(``grokschedule.training.checkpoints.UnsafeCheckpointError``).
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 from torch import nn
 
 from grokschedule.core.commands import KICK, ControlState
@@ -61,8 +72,10 @@ from grokschedule.core.kicks import (
     KickRecord,
     value_changes,
 )
+from grokschedule.training.checkpoints import load_tensors
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
+    check_adapter_ranks,
     check_fits,
     deepspeed_config,
     device_memory_bytes,
@@ -75,6 +88,19 @@ TAG = "checkpoint"  # DeepSpeed tag inside every checkpoint directory
 ROLLBACK_TAG = "rollback"  # the rollback point's tag, and its directory inside a checkpoint
 STATE_FILE = "trainer_state.json"
 ENGINE_KINDS = HYPERPARAM_KINDS  # the kicks a DeepSpeed engine can take; see module docstring
+# What DeepSpeed 0.19.8 pickles into ZeRO optimizer states besides tensors: the first, third and
+# fourth found with torch.serialization.get_unsafe_globals_in_checkpoint on stages 0-3, fp32 and
+# bf16, AdamW and SGD (CPU); DynamicLossScaler is fp16's loss scaler in LossScaler's place (its
+# state is numbers and a dtype; fp16 needs a GPU, so no checkpoint of it was made here).
+DEEPSPEED_CHECKPOINT_CLASSES = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+torch.serialization.add_safe_globals(DEEPSPEED_CHECKPOINT_CLASSES)
+
+
+class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True``."""
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return load_tensors(Path(path), map_location=map_location)
 
 
 @dataclass(frozen=True)
@@ -221,11 +247,12 @@ class DeepSpeedRun:
         memory, what = device_memory_bytes(self.config.use_gpu)
         check_fits(n_params, n_trainable, self.config, self.world_size, memory, what)
         config = deepspeed_config(self.config, optimizer, self.batch_size)
-        config["checkpoint"] = {"use_node_local_storage": True}  # see _switch_checkpoint_dir
         if self.config.precision != "fp32":
             model = model.to(self.config.dtype)
         params = [p for p in model.parameters() if p.requires_grad]
         engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+        if type(engine.checkpoint_engine) is TorchCheckpointEngine:  # the default; see docstring
+            engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
         self.engine_builds += 1
         self._base_wd = [wd for _, wd in read_hyperparams(engine.optimizer)]
         return engine
@@ -447,6 +474,7 @@ class DeepSpeedRun:
         }
         task = self.task.with_adapter_rank(rank)
         model = task.build_model()
+        check_adapter_ranks(model, "SetAdapterRank rank")  # before the running engine goes
         task.load_grown(model, old_state)
         self._release_engine()
         self.task = task
