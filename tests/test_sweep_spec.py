@@ -331,12 +331,18 @@ def test_rules_across_trainer_fields_are_judged_on_values_trials_get() -> None:
 
 
 def test_a_deepspeed_config_passes_through_as_written() -> None:
-    # As a nested search space, zero_optimization would be "a sampler with other keys".
-    ds_config = {"zero_optimization": {"stage": 3, "grid": 1}, "bf16": {"enabled": True}}
+    # Passed as written, not read as a nested search space of its own.
+    zero = {"stage": "auto", "reduce_bucket_size": 5e8, "overlap_comm": True}
+    ds_config = {"zero_optimization": zero, "bf16": {"enabled": "auto"}}
     loaded = parse_spec(
         spec(trainable="deepspeed", search_space={"deepspeed_config": ds_config}), env={}
     )
     assert loaded.param_space["deepspeed_config"] == ds_config
+    # A JSON that contradicts the trainer's own fields is a spec error naming both sides.
+    contradicting = {"zero_optimization": {"stage": 3}}
+    message = problem(spec(trainable="deepspeed", search_space={"deepspeed_config": contradicting}))
+    assert "search_space.deepspeed_config" in message
+    assert "zero_optimization.stage=3 vs zero_stage=" in message
     two = [{"steps_per_print": 10}, {"steps_per_print": 100}]  # a sampler over configs samples
     loaded = parse_spec(
         spec(trainable="deepspeed", search_space={"deepspeed_config": {"grid": two}}), env={}
