@@ -1,6 +1,6 @@
 """One GPU benchmark sized for a short device loan: ``grokschedule bench gpu``.
 
-    grokschedule bench gpu --out bench_gpu.json        # one H100/H200, about 5 of --budget-s 450
+    grokschedule bench gpu --out bench_gpu.json        # one H100/H200: ~6 min estimated
     grokschedule bench gpu --tiny --out tiny.json      # the same code on a CPU, well under a minute
 
 Sections, each time-boxed, in this order (``--sections`` picks some), into one JSON file:
@@ -46,7 +46,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -151,6 +151,14 @@ def _version(module: str) -> str:
         return f"not importable: {type(error).__name__}: {error}"[:300]
 
 
+def _origin(module: str) -> str | None:
+    """Where the module would be imported from (the carried wheels' folder, on the device)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    return None if spec is None or spec.origin is None else str(Path(spec.origin).parent)
+
+
 def matmul_bf16_tflops(size: int = 8192, repeats: int = 10) -> float:
     """The bf16 matmul rate this GPU reaches through torch on random data (zeros run faster),
     median of ``repeats`` timed products after three warm-ups: the ceiling beside the
@@ -166,7 +174,7 @@ def matmul_bf16_tflops(size: int = 8192, repeats: int = 10) -> float:
         a @ b
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(float(start.elapsed_time(end)) / 1e3)
     return 2 * size**3 / statistics.median(times) / 1e12
 
 
@@ -177,6 +185,7 @@ def env_section(plan: Plan) -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda_runtime": torch.version.cuda,
         "deepspeed": _version("deepspeed"),
+        "deepspeed_from": _origin("deepspeed"),
         "transformers": _version("transformers"),
         "device": torch.cuda.get_device_name() if on_cuda() else "cpu",
         "cpu_threads": torch.get_num_threads(),
@@ -253,9 +262,17 @@ def bank_section(plan: Plan, compiled: bool, precision: str) -> dict[str, Any]:
     )
     if compiled:
         torch._dynamo.reset()  # an earlier compiled section's graphs do not count here
-    step: Callable[[torch.Tensor, torch.Tensor], None] = (
-        torch.compile(batch.step, backend=b.backend) if compiled else batch.step
-    )
+        # Forward and backward, where the FLOPs are; the batched AdamW stays eager: its step
+        # count is a Python int the graph would be specialized on and recompiled for.
+        loss_and_grads = torch.compile(batch.loss_and_grads, backend=b.backend)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            grads = loss_and_grads(x, y)[1]
+            with torch.no_grad():
+                batch.optimizer.step_(batch.params, grads)
+
+    else:
+        step = batch.step
     with float32_matmul_precision(precision), flush_denormals():
         synchronize()
         started = time.perf_counter()
@@ -285,6 +302,7 @@ def bank_section(plan: Plan, compiled: bool, precision: str) -> dict[str, Any]:
         "train_examples": len(x),
         "mode": "compiled" if compiled else "eager",
         "backend": b.backend if compiled else None,
+        "compiled": "ModelBatch.loss_and_grads" if compiled else None,
         "precision": precision,
         "us_per_model_step": us,
         "ms_per_chunk_step": 1e3 * median / b.steps,
@@ -445,12 +463,16 @@ def run_isolated(name: str, argv: Sequence[str], seconds: float) -> dict[str, An
             child = subprocess.Popen(
                 command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
             )
+            code: int | None = None
             try:
-                code: int | None = child.wait(timeout=seconds + GRACE_S)
+                code = child.wait(timeout=seconds + GRACE_S)
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-                code = None
+                pass
+            finally:  # also on Ctrl-C here: no section left running on the GPU
+                if code is None:
+                    with suppress(ProcessLookupError):  # it may have just ended
+                        os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
         text = log.read_text(errors="replace")
         print(f"----- {name} (own process) -----\n{text.rstrip()}\n----- end of {name} -----")
         if out.exists():
@@ -512,7 +534,7 @@ def _summary(name: str, s: dict[str, Any]) -> str:
     if s["status"] == "skipped":
         return f"skipped: {s['reason']}"
     if s["status"] == "error":
-        return s["error"].splitlines()[0][:110]
+        return str(s["error"]).splitlines()[0][:110]
     if name == "env":
         rate = s["matmul_bf16_tflops"]
         measured = f"{rate:.0f} TFLOP/s" if isinstance(rate, float) else "GPU-only"
@@ -620,6 +642,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="per loop per round (20)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--report-every", type=int, default=None)
+    parser.add_argument(
+        "--torch-adam", action="store_true",
+        help="DeepSpeed with torch's AdamW: skip FusedAdam's JIT build (a minute or two)",
+    )  # fmt: skip
     parser.add_argument("--peak-tflops", type=float, default=None, help="for an unlisted GPU")
     parser.add_argument("--bank-models", type=int, default=None, help="models per chunk (256)")
     parser.add_argument("--compile-backend", default=None, help="inductor; tiny on CPU aot_eager")
@@ -652,6 +678,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     loop = LoopOptions(
         precision=args.precision or ("bf16" if cuda else "fp32"),
         peak_tflops=args.peak_tflops,
+        fused_adam=False if args.torch_adam else None,
         **{**defaults, **{k: v for k, v in given.items() if v is not None}},
     )
     backend = args.compile_backend or ("aot_eager" if tiny and not cuda else "inductor")

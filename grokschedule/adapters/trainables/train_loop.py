@@ -123,4 +123,3 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
         started, examples = time.perf_counter(), 0
-
