@@ -199,8 +199,10 @@ def test_peaks_by_device_name_and_the_flop_count() -> None:
     ],
 )
 def test_bad_arguments_fail_before_any_compute(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    out = tmp_path / "bench_gpu.json"
     with pytest.raises(SystemExit) as exit_info:
-        gpu_bench_main(["--tiny", *args])
+        gpu_bench_main(["--tiny", *args, "--out", str(out)])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
