@@ -15,6 +15,7 @@ DELEGATES = {
 }
 BENCHMARKS = {
     "bank": "grokschedule.bench.bank:bank_main",
+    "gpu": "grokschedule.bench.gpu:gpu_bench_main",
     "groups": "grokschedule.bench.groups:groups_main",
     "interventions": "grokschedule.bench.interventions:interventions_bench_main",
     "kicks": "grokschedule.bench.kick_table:kicks_main",

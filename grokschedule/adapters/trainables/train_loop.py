@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 
 from grokschedule.adapters.control_channel import ControlClient
 from grokschedule.core.commands import SweepKey
@@ -31,12 +30,16 @@ from grokschedule.training.deepspeed.config import (
     check_hardware,
     prepare_cuda_build_env,
 )
-from grokschedule.training.deepspeed.engine import DeepSpeedRun, EngineCommand, broadcast_object
+from grokschedule.training.deepspeed.engine import DeepSpeedRun, EngineCommand
 from grokschedule.training.deepspeed.registry import build_task
+from grokschedule.training.deepspeed.reporting import (
+    CommandSource,
+    poll_commands,
+    report_metrics,
+)
 
 # The key in ``train_loop_config`` under which a command source travels (see ``poll_commands``).
 COMMANDS_KEY = "_grokschedule_commands"
-CommandSource = Callable[[int], Sequence[EngineCommand]]
 
 
 class ScriptedCommands:
@@ -64,18 +67,6 @@ class ChannelCommands:
 
     def __call__(self, step: int) -> list[EngineCommand]:
         return list(self.client.poll(step))
-
-
-def poll_commands(source: CommandSource | None, step: int) -> list[EngineCommand]:
-    """The hook between the trainer and a control channel: rank 0 asks ``source`` for the
-    commands pending at ``step`` and broadcasts them, so every rank applies the same commands
-    at the same step (ranks that disagreed would deadlock in the next collective)."""
-    pending = list(source(step)) if source is not None and _rank() == 0 else []
-    return list(broadcast_object(pending))
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def device_for(config: TrainerConfig) -> torch.device:
@@ -135,18 +126,3 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
         started, examples = time.perf_counter(), 0
-
-
-def report_metrics(run: DeepSpeedRun) -> dict[str, Any]:
-    """The metric contract (see README), reduced over all ranks; every rank gets the same."""
-    metrics: dict[str, Any] = {"step": run.step, **run.meter.reduce()}
-    for split in run.task.eval_splits():
-        result = run.evaluate(split)
-        metrics[f"{split}_loss"] = result["loss"]
-        metrics[f"{split}_acc"] = result["acc"]
-        metrics[f"grok/{split}_correct_prob"] = result["correct_prob"]
-    metrics["weight_norm"] = run.weight_norm()
-    metrics["lr"] = run.lr
-    metrics["batch_size"] = run.batch_size
-    metrics["optimizer"] = run.optimizer_name
-    return metrics
