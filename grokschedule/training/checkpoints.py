@@ -23,6 +23,14 @@ trainable starts from scratch, with a warning that lists every failure. Tune its
 latest checkpoint whose *directory* is gone ("does not exist on storage anymore") before the
 trainable runs; that case stays Tune's error.
 
+Sharded (DeepSpeed) checkpoints: every rank writes its part into a directory of its own, which
+Ray Train merges into one, so each rank seals its own files (``seal_rank``,
+``manifest.rank<R>.json``). ``load_agreed`` is the resume of every rank: each verifies the
+candidate it sees against all ranks' manifests (``verify_sharded``), the ranks all-reduce the
+verdict per candidate, newest first, and all load the first every rank accepts, so no rank
+resumes from a checkpoint another rejected. No Ray here: the caller passes what
+``ray.train.get_checkpoint()`` returned.
+
 Loading is safe on shared storage: ``load_tensors`` reads a torch file with
 ``torch.load(weights_only=True)``, which rebuilds tensors and plain containers but runs no
 pickled code, so a checkpoint someone else could write cannot execute anything in a worker. A
@@ -40,13 +48,15 @@ import posixpath
 import re
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import torch
+import torch.distributed as dist
 
 MANIFEST = "manifest.json"
+_RANK_MANIFEST = re.compile(r"^manifest\.rank(\d+)\.json$")
 _INDEXED = re.compile(r"^checkpoint_(\d+)$")
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # torch's weights_only refusal
 _UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
@@ -139,7 +149,7 @@ def _files(directory: Path) -> list[str]:
     return sorted(
         p.relative_to(directory).as_posix()
         for p in directory.rglob("*")
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name != MANIFEST and not _RANK_MANIFEST.match(p.name)
     )
 
 
@@ -168,6 +178,11 @@ def verify(directory: Path) -> bool:
         entries = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError, TypeError) as error:
         raise CorruptCheckpointError(f"{MANIFEST} is unreadable: {error}") from error
+    _check_entries(directory, entries)
+    return True
+
+
+def _check_entries(directory: Path, entries: dict[str, dict[str, Any]]) -> None:
     for name, entry in entries.items():
         path = directory / name
         if not path.is_file():
@@ -177,7 +192,6 @@ def verify(directory: Path) -> bool:
             raise CorruptCheckpointError(f"{name} has {size} bytes, expected {entry['size']}")
         if _digest(path) != entry["sha256"]:
             raise CorruptCheckpointError(f"{name} does not match its sha256")
-    return True
 
 
 def candidates(latest: Checkpoint) -> list[Checkpoint]:
@@ -222,6 +236,137 @@ def load_valid(latest: Checkpoint | None, load: Callable[[Path], T]) -> T | None
         except Exception as error:  # torn or garbled files fail in many ways: skip them all
             failures.append(f"{candidate.path}: {type(error).__name__}: {error}")
             continue
+        if failures:
+            warnings.warn(
+                f"checkpoint unusable ({'; '.join(failures)}); resumed from the previous valid "
+                f"checkpoint {candidate.path}",
+                CheckpointFallbackWarning,
+                stacklevel=2,
+            )
+        return value
+    warnings.warn(
+        f"no usable checkpoint ({'; '.join(failures)}); starting from scratch",
+        CheckpointFallbackWarning,
+        stacklevel=2,
+    )
+    return None
+
+
+# -- sharded checkpoints (DeepSpeed: every rank writes its own part) -------------------------
+
+
+def rank_manifest(rank: int) -> str:
+    """The name of rank ``rank``'s manifest in a sharded checkpoint."""
+    return f"manifest.rank{rank}.json"
+
+
+def seal_rank(directory: Path, rank: int, world_size: int) -> dict[str, dict[str, Any]]:
+    """Write rank ``rank``'s manifest (size and sha256 of every file in ``directory``) once this
+    rank's part is written. Every rank seals the directory it wrote: under Ray Train each rank
+    writes to a node-local directory of its own that Ray then copies into the one storage
+    checkpoint, so no rank ever sees the others' files before upload, and a manifest written by
+    rank 0 alone would cover only rank 0's part. The merged checkpoint holds ``world_size``
+    manifests; ``verify_sharded`` wants all of them."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
+    directory = Path(directory)
+    entries = {
+        name: {"size": (directory / name).stat().st_size, "sha256": _digest(directory / name)}
+        for name in _files(directory)
+    }
+    payload = json.dumps(
+        {"version": 1, "rank": rank, "world_size": world_size, "files": entries}, indent=1
+    ).encode()
+    write_file(directory / rank_manifest(rank), lambda file: file.write(payload))
+    return entries
+
+
+def verify_sharded(directory: Path) -> bool:
+    """Check a merged sharded checkpoint against every rank's manifest: True if all match,
+    False if it has no rank manifest (written before sealing; loaded unverified);
+    ``CorruptCheckpointError`` if the directory is gone, a rank's manifest is missing or
+    unreadable, or a file is missing, truncated or changed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CorruptCheckpointError(f"{directory} does not exist")
+    manifests = sorted(p for p in directory.iterdir() if _RANK_MANIFEST.match(p.name))
+    if not manifests:
+        return False
+    world_sizes = set()
+    for manifest in manifests:
+        try:
+            content = json.loads(manifest.read_text())
+            world_sizes.add(int(content["world_size"]))
+            entries = content["files"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise CorruptCheckpointError(f"{manifest.name} is unreadable: {error}") from error
+        _check_entries(directory, entries)
+    if len(world_sizes) != 1:
+        raise CorruptCheckpointError(f"rank manifests disagree on world_size: {world_sizes}")
+    (world_size,) = world_sizes
+    for rank in range(world_size):
+        if not (directory / rank_manifest(rank)).is_file():
+            raise CorruptCheckpointError(f"{rank_manifest(rank)} is missing")
+    return True
+
+
+def all_ranks_accept(accepted: bool, device: torch.device) -> bool:
+    """True on every rank if ``accepted`` is True on every rank (one all-reduce MIN; a no-op
+    without a process group). ``device``: the collective's device (CUDA for NCCL)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return accepted
+    flag = torch.tensor([int(accepted)], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _most_on_any_rank(count: int, device: torch.device) -> int:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return count
+    value = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
+def load_agreed(
+    latest: Checkpoint | None, load: Callable[[Path], T], device: torch.device
+) -> T | None:
+    """``load(directory)`` of the newest checkpoint that every rank verifies, starting at
+    ``latest``; None (a fresh start) if there is none. Every rank must call it.
+
+    Each rank verifies the candidate it sees (``verify_sharded``), newest first, and the ranks
+    all-reduce the verdict, so they all load the same one: a rank that loaded a checkpoint the
+    others rejected would hang the first collective or train from another step. Skipping one is
+    a ``CheckpointFallbackWarning`` naming it, why, and the one chosen (or that training starts
+    from scratch). ``load`` runs only on an agreed checkpoint, and an error in it is raised, not
+    skipped: one rank falling back alone would split the ranks."""
+    if not all_ranks_accept(latest is not None, device):
+        if latest is not None:
+            warnings.warn(
+                f"another rank has no checkpoint; {latest.path} not used, starting from scratch",
+                CheckpointFallbackWarning,
+                stacklevel=2,
+            )
+        return None
+    assert latest is not None
+    found = candidates(latest)
+    failures: list[str] = []
+    for index in range(_most_on_any_rank(len(found), device)):
+        if index >= len(found):
+            all_ranks_accept(False, device)  # another rank lists more: follow its rounds
+            continue
+        candidate = found[index]
+        with ExitStack() as stack:
+            try:
+                directory = Path(stack.enter_context(candidate.as_directory()))
+                verify_sharded(directory)
+                reason = None
+            except Exception as error:  # a torn download fails in many ways: skip them all
+                reason = f"{type(error).__name__}: {error}"
+            if not all_ranks_accept(reason is None, device):
+                failures.append(f"{candidate.path}: {reason or 'rejected on another rank'}")
+                continue
+            value = load(directory)
         if failures:
             warnings.warn(
                 f"checkpoint unusable ({'; '.join(failures)}); resumed from the previous valid "

@@ -4,7 +4,8 @@ apply commands from a control channel between optimizer steps.
 Every rank runs this function. All ranks report (Train V2's ``report`` is collective) the same
 all-reduced metrics; ``TuneReportCallback`` forwards rank 0's to Tune. Checkpoints are DeepSpeed
 checkpoints: every rank saves its shard into its own directory and reports it, and Ray merges
-them into one checkpoint directory in the run's storage.
+them into one checkpoint directory in the run's storage. Each rank seals its own part with a
+manifest; on resume the ranks agree on the newest checkpoint that all of them verify.
 
 With the live control channel (``ChannelCommands``, config ``control=True`` under Tune) every
 report carries the ``control/*`` acknowledgements the scheduler reads, and the first report after
@@ -25,6 +26,7 @@ import torch
 
 from grokschedule.adapters.control_channel import ControlClient
 from grokschedule.core.commands import SweepKey
+from grokschedule.training.checkpoints import load_agreed
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
     check_hardware,
@@ -88,12 +90,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     task = build_task(config.task, loop_config, config.activation_checkpointing)
     source: CommandSource | None = loop_config.get(COMMANDS_KEY)
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    # Every rank verifies the latest checkpoint and, if any rank rejects it, all fall back
+    # together to the newest earlier one all accept (``load_agreed``), or start fresh.
+    run = load_agreed(
+        ray.train.get_checkpoint(),
+        lambda directory: DeepSpeedRun.restore(config, task, device, directory),
+        device,
+    )
+    if run is None:
         run = DeepSpeedRun(config, task, device)
-    else:
-        with checkpoint.as_directory() as directory:
-            run = DeepSpeedRun.restore(config, task, device, Path(directory))
 
     if isinstance(source, ChannelCommands):
         source.client.acknowledged(run.control.acked_id)  # a restored run's commands stay done

@@ -72,7 +72,7 @@ from grokschedule.core.kicks import (
     KickRecord,
     value_changes,
 )
-from grokschedule.training.checkpoints import load_tensors
+from grokschedule.training.checkpoints import load_tensors, seal_rank
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
     check_adapter_ranks,
@@ -546,8 +546,9 @@ class DeepSpeedRun:
         self.engine.save_checkpoint(str(directory), tag=tag)
 
     def save(self, directory: Path) -> None:
-        """Write this rank's part of a checkpoint into ``directory`` (every rank calls it),
-        with the pending rollback point, if any."""
+        """Write this rank's part of a checkpoint into ``directory`` (every rank calls it, each
+        into a directory of its own), with the pending rollback point, if any, and seal it with
+        this rank's manifest; resume through ``checkpoints.load_agreed``."""
         if not self.can_checkpoint:
             raise ValueError("no checkpoint inside an sgd_switch window")
         self._save_engine(directory, TAG)
@@ -559,6 +560,9 @@ class DeepSpeedRun:
             )
         if self.rank == 0:
             (directory / STATE_FILE).write_text(json.dumps(self.state()))
+        # Last: this rank's manifest covers everything it wrote (see ``seal_rank``).
+        world_size = dist.get_world_size() if dist.is_initialized() else 1
+        seal_rank(directory, self.rank, world_size)
 
     def _run_state(self) -> dict[str, Any]:
         return {
