@@ -236,19 +236,9 @@ def load_valid(latest: Checkpoint | None, load: Callable[[Path], T]) -> T | None
         except Exception as error:  # torn or garbled files fail in many ways: skip them all
             failures.append(f"{candidate.path}: {type(error).__name__}: {error}")
             continue
-        if failures:
-            warnings.warn(
-                f"checkpoint unusable ({'; '.join(failures)}); resumed from the previous valid "
-                f"checkpoint {candidate.path}",
-                CheckpointFallbackWarning,
-                stacklevel=2,
-            )
+        _warn_fallback(failures, candidate)
         return value
-    warnings.warn(
-        f"no usable checkpoint ({'; '.join(failures)}); starting from scratch",
-        CheckpointFallbackWarning,
-        stacklevel=2,
-    )
+    _warn_fallback(failures, None)
     return None
 
 
@@ -367,17 +357,22 @@ def load_agreed(
                 failures.append(f"{candidate.path}: {reason or 'rejected on another rank'}")
                 continue
             value = load(directory)
-        if failures:
-            warnings.warn(
-                f"checkpoint unusable ({'; '.join(failures)}); resumed from the previous valid "
-                f"checkpoint {candidate.path}",
-                CheckpointFallbackWarning,
-                stacklevel=2,
-            )
+        _warn_fallback(failures, candidate)
         return value
-    warnings.warn(
-        f"no usable checkpoint ({'; '.join(failures)}); starting from scratch",
-        CheckpointFallbackWarning,
-        stacklevel=2,
-    )
+    _warn_fallback(failures, None)
     return None
+
+
+def _warn_fallback(failures: list[str], chosen: Checkpoint | None) -> None:
+    """Name every checkpoint passed over and the one resumed from (``None``: a fresh start,
+    always said)."""
+    if chosen is not None and not failures:
+        return
+    rejected = "; ".join(failures)
+    message = (
+        f"no usable checkpoint ({rejected}); starting from scratch"
+        if chosen is None
+        else f"checkpoint unusable ({rejected}); resumed from the previous valid checkpoint "
+        f"{chosen.path}"
+    )
+    warnings.warn(message, CheckpointFallbackWarning, stacklevel=3)
