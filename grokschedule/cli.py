@@ -43,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the local demo sweep (Ray + MLflow on sqlite)")
     demo.add_argument("--root", type=Path, default=Path("grokschedule_runs"))
-    demo.add_argument("--quick", action="store_true", help="4 trials instead of 12")
+    demo.add_argument("--quick", action="store_true", help="a few short trials, for a smoke test")
+    demo.add_argument(
+        "--task",
+        choices=("modular", "lm"),
+        default="modular",
+        help="modular: 12 MLP trials on modular addition; lm: 8 causal-LM trials through the "
+        "DeepSpeed trainer, with kicks (needs the [lm] extra)",
+    )
     commands.add_parser(
         "sweep",
         help="run a sweep from a YAML spec: sweep SPEC.yaml [--dry-run]; sweep --schema prints "
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from grokschedule.app.demo import run_demo
 
-        return run_demo(args.root, args.quick)
+        return run_demo(args.root, args.quick, args.task)
     parser.error(f"{args.command} needs arguments; see {args.command} --help")
     return 2
 

@@ -1,10 +1,16 @@
-"""Causal-LM fine-tuning on a synthetic text task: modular arithmetic written out as characters.
+"""Causal-LM fine-tuning on synthetic text tasks that grok: a rule learned from held-out pairs.
 
 Needs the optional extra (``transformers``, ``peft``); nothing is downloaded. The model is a tiny
-Llama built from a config in code, the tokenizer a character vocabulary written here, and the
-data the strings ``"a+b=c"`` with ``c = (a + b) mod p`` — the grokking task as text, so a
-language model can show the same memorize-then-generalize curve. Validation holds out pairs;
-the probe set asks for three operands, ``"a+b+c="``, a composition never seen in training.
+Llama built from a config in code, the tokenizer a character vocabulary written here. Two
+problems (``lm_op``), each a memorize-then-generalize task written as text:
+
+- ``add``: ``"a+b="`` → ``(a + b) mod p`` — the grokking task of Power et al. as characters.
+- ``compose``: ``"1302*2031="`` → the composition of two permutations of ``perm_size`` items,
+  each written as the sequence of its images — a rule applied to sequences, the kind of format
+  transformation fine-tuners meet; the group S4 has 576 pairs, S5 14,400.
+
+Validation holds out pairs (combinations never seen in training); the probe set asks for three
+operands, ``"a+b+c="`` or ``"x*y*z="``, a composition of the rule never seen in training.
 
 An optional LoRA adapter (``lora_rank``) trains only low-rank updates of every linear layer.
 ``with_adapter_rank`` + ``load_grown`` raise its rank on a plateau (e.g. 8 → 32) without changing
@@ -14,6 +20,7 @@ columns of B are zero. ``lora_alpha`` is kept at ``2 × rank`` so the LoRA scali
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -25,7 +32,7 @@ from torch import nn
 from grokschedule.training.deepspeed.task import ExampleStats, Split
 
 PAD, BOS, EOS = 0, 1, 2
-CHARS = "0123456789+="
+CHARS = "0123456789+=*"
 IGNORE = -100
 
 
@@ -44,11 +51,58 @@ class CharTokenizer:
         return "".join(CHARS[i - 3] for i in ids if i >= 3)
 
 
+OPS = ("add", "compose")
+Problem = tuple[str, str]  # (prompt, answer)
+
+
+def addition_problems(p: int, seed: int, n_probe: int = 256) -> tuple[list[Problem], list[Problem]]:
+    """Every ``"a+b="`` mod ``p`` in a seeded order, and ``n_probe`` three-operand sums."""
+    pairs = [(a, b) for a in range(p) for b in range(p)]
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    problems = [(f"{a}+{b}=", str((a + b) % p)) for a, b in (pairs[i] for i in order)]
+    triples = torch.randint(p, (n_probe, 3), generator=torch.Generator().manual_seed(seed + 1))
+    probe = [(f"{a}+{b}+{c}=", str((a + b + c) % p)) for a, b, c in triples.tolist()]
+    return problems, probe
+
+
+def composition_problems(
+    size: int, seed: int, n_probe: int = 256
+) -> tuple[list[Problem], list[Problem]]:
+    """Every ``"x*y="`` of two permutations of ``size`` items, ``(x*y)[i] = x[y[i]]``, in a
+    seeded order, and ``n_probe`` compositions of three."""
+    perms = list(itertools.permutations(range(size)))
+
+    def text(perm: tuple[int, ...]) -> str:
+        return "".join(map(str, perm))
+
+    def compose(x: tuple[int, ...], y: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(x[i] for i in y)
+
+    pairs = [(x, y) for x in perms for y in perms]
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    problems = [
+        (f"{text(x)}*{text(y)}=", text(compose(x, y))) for x, y in (pairs[i] for i in order)
+    ]
+    picks = torch.randint(
+        len(perms), (n_probe, 3), generator=torch.Generator().manual_seed(seed + 1)
+    )
+    probe = [
+        (
+            f"{text(perms[a])}*{text(perms[b])}*{text(perms[c])}=",
+            text(compose(compose(perms[a], perms[b]), perms[c])),
+        )
+        for a, b, c in picks.tolist()
+    ]
+    return problems, probe
+
+
 @dataclass(frozen=True)
 class LMTaskConfig:
     """The text task and the tiny Llama; keys are prefixed ``lm_`` in a flat trial config."""
 
+    op: str = "add"  # "add" (mod p) or "compose" (permutations of perm_size items)
     p: int = 23
+    perm_size: int = 4
     train_fraction: float = 0.5
     hidden: int = 64
     layers: int = 2
@@ -57,6 +111,12 @@ class LMTaskConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"lm_op must be one of {OPS}, got {self.op!r}")
+        if not 2 <= self.perm_size <= 6:
+            raise ValueError(
+                f"lm_perm_size must be in [2, 6] (6! = 720 items), got {self.perm_size}"
+            )
         if self.p < 2:
             raise ValueError(f"lm_p must be >= 2, got {self.p}")
         if not 0 < self.train_fraction < 1:
@@ -92,7 +152,7 @@ def encode_examples(
 
 
 class LMTask:
-    """Modular addition as text for a causal LM (see the module docstring)."""
+    """A grokking problem as text for a causal LM (see the module docstring)."""
 
     name = "lm"
 
@@ -100,16 +160,12 @@ class LMTask:
         self.config = config
         self.activation_checkpointing = activation_checkpointing
         self.tokenizer = CharTokenizer()
-        p = config.p
-        pairs = [(a, b) for a in range(p) for b in range(p)]
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))
-        n_train = max(1, round(config.train_fraction * len(pairs)))
-        as_text = [(f"{a}+{b}=", str((a + b) % p)) for a, b in (pairs[i] for i in order)]
-        rng = torch.Generator().manual_seed(config.seed + 1)
-        triples = torch.randint(p, (256, 3), generator=rng).tolist()
-        probe = [(f"{a}+{b}+{c}=", str((a + b + c) % p)) for a, b, c in triples]
-        digits = len(str(p - 1))
-        self.length = 1 + (3 * digits + 3) + digits + 1  # bos, "a+b+c=", answer, eos
+        if config.op == "add":
+            as_text, probe = addition_problems(config.p, config.seed)
+        else:
+            as_text, probe = composition_problems(config.perm_size, config.seed)
+        n_train = max(1, round(config.train_fraction * len(as_text)))
+        self.length = 1 + max(len(q) + len(a) for q, a in probe) + 1  # bos, prompt, answer, eos
         self.tokens_per_example = self.length
         self._train = encode_examples(as_text[:n_train], self.length, self.tokenizer)
         self._val = encode_examples(as_text[n_train:], self.length, self.tokenizer)
