@@ -248,3 +248,23 @@ def test_bf16_zero2_and_zero3_with_fused_adam_on_gpu(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert [r["zero_stage"] for r in results] == [2, 3]
     assert all(r["precision"] == "bf16" and r["plain_tokens_per_s"] > 0 for r in results)
+
+
+def test_reported_training_metrics_are_the_mean_over_the_steps_since_the_last_report(
+    process_group: None,
+) -> None:
+    """Regression: on CPU the meter's all-reduce handed back its own (then zeroed) sums, so every
+    DeepSpeed trial reported train_loss 0 and train_acc 0 and never looked memorized."""
+    run = make_run(zero_stage=2)
+    train(run, 4)
+    metrics = run.meter.reduce()
+    inputs, targets = run.task.train_split()
+    with torch.no_grad():
+        full = run.task.stats(run.engine, inputs, targets)
+    assert 0.5 * float(full.loss.mean()) < metrics["train_loss"] < 5 * math.log(23)
+    assert 0 <= metrics["train_acc"] <= 1
+    assert run.meter.reduce()["train_loss"] == 0  # reset: nothing trained since
+    train(run, 200)
+    late = run.meter.reduce()
+    assert late["train_acc"] > max(metrics["train_acc"], 0.1)  # it learns, and the meter sees it
+    assert late["train_loss"] < metrics["train_loss"]

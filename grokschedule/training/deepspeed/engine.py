@@ -157,8 +157,10 @@ class Meter:
 
 
 def all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Sum over ranks; float64 on the comm device (NCCL cannot reduce CPU tensors)."""
-    values = values.to(device)
+    """Sum over ranks, as a new CPU tensor: a caller may reset ``values`` right after (``Meter``
+    does; on CPU ``.to``/``.cpu`` would hand back ``values`` itself, zeroed with it). Reduced on
+    the comm device (NCCL cannot reduce CPU tensors)."""
+    values = values.to(device, copy=True)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(values)
     return values.cpu()
