@@ -195,7 +195,7 @@ def test_text_task_targets_only_the_answer() -> None:
     from grokschedule.training.deepspeed.lm_task import EOS, IGNORE, CharTokenizer, encode_examples
 
     tokenizer = CharTokenizer()
-    inputs, targets = encode_examples([("7+9=", "5")], 8, tokenizer)
+    inputs, targets = encode_examples([("7+9=", "5")], tokenizer, 8)
     assert tokenizer.decode(inputs[0].tolist()) == "7+9=5"
     answer = targets[0][targets[0] != IGNORE].tolist()
     assert answer == [*tokenizer.encode("5"), EOS]

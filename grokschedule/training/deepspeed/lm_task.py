@@ -137,10 +137,13 @@ class LMTaskConfig:
 
 
 def encode_examples(
-    problems: list[tuple[str, str]], length: int, tokenizer: CharTokenizer
+    problems: list[tuple[str, str]], tokenizer: CharTokenizer, length: int | None = None
 ) -> Split:
-    """``(inputs, targets)``: ``bos prompt answer eos`` right-padded to ``length``; the target at
-    position t is the token at t + 1 on the answer and eos, ``IGNORE`` elsewhere."""
+    """``(inputs, targets)``: ``bos prompt answer eos`` right-padded to ``length`` (default: the
+    longest example); the target at position t is the token at t + 1 on the answer and eos,
+    ``IGNORE`` elsewhere."""
+    if length is None:
+        length = max(len(prompt) + len(answer) for prompt, answer in problems) + 2
     inputs = torch.full((len(problems), length), PAD, dtype=torch.long)
     targets = torch.full((len(problems), length), IGNORE, dtype=torch.long)
     for i, (prompt, answer) in enumerate(problems):
@@ -165,11 +168,13 @@ class LMTask:
         else:
             as_text, probe = composition_problems(config.perm_size, config.seed)
         n_train = max(1, round(config.train_fraction * len(as_text)))
-        self.length = 1 + max(len(q) + len(a) for q, a in probe) + 1  # bos, prompt, answer, eos
-        self.tokens_per_example = self.length
-        self._train = encode_examples(as_text[:n_train], self.length, self.tokenizer)
-        self._val = encode_examples(as_text[n_train:], self.length, self.tokenizer)
-        self._probe = encode_examples(probe, self.length, self.tokenizer)
+        # Each split padded to its own longest example (bos, prompt, answer, eos): the
+        # three-operand probe is longer, and padding training to it would cost a third more.
+        self._train = encode_examples(as_text[:n_train], self.tokenizer)
+        self._val = encode_examples(as_text[n_train:], self.tokenizer)
+        self._probe = encode_examples(probe, self.tokenizer)
+        self.length = max(split[0].shape[1] for split in (self._train, self._val, self._probe))
+        self.tokens_per_example = self._train[0].shape[1]
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any], activation_checkpointing: bool) -> LMTask:
