@@ -216,6 +216,7 @@ def test_harmful_kick_then_rollback_restores_the_snapshot_exactly_even_after_a_r
         "control/applied_step": -1,
         "control/rollbacks": 0,
         "control/kicks_active": 0,
+        "control/not_applied_id": -1,
     }
     trainer.apply_command(kick(0, BENIGN))
     train(trainer, 10)
@@ -243,6 +244,7 @@ def test_harmful_kick_then_rollback_restores_the_snapshot_exactly_even_after_a_r
         "control/applied_step": 60,
         "control/rollbacks": 1,
         "control/kicks_active": 1,  # the benign kick, as it was at the snapshot
+        "control/not_applied_id": -1,
     }
     # Its window moved with the rollback: 50 of its 60 steps were left, and they still are.
     (benign,) = restarted.applier.active

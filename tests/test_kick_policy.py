@@ -225,6 +225,30 @@ def test_a_kick_its_trainable_cannot_carry_out_is_not_counted_nor_chosen_again()
     assert nxt.command.id == kick.command.id + 1  # ids still grow
 
 
+def test_a_kick_the_trainer_acknowledges_as_not_applied_is_given_back() -> None:
+    """The live path of the same rule: a DeepSpeed engine reports a gradient-transform kick as
+    ``control/not_applied_id``; the policy neither counts nor credits it and picks another kind."""
+    policy = _policy(max_kicks=1)
+    _plateau(policy, "d", 1000)
+    kick = next(d for d in policy.decision_log("d") if d.kind is DecisionKind.KICK)
+    command_id = kick.command.id
+    ack = {
+        "control/acked_id": command_id,
+        "control/applied_step": -1,
+        "control/not_applied_id": command_id,
+    }
+    nxt = policy.observe(
+        "d",
+        Observation(
+            step=1050, target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0, control=ack
+        ),
+    )
+    state = policy.kicks.trial("d")
+    assert state.unavailable == {kick.command.kick.kind} and not state.applied
+    assert nxt.kind is DecisionKind.KICK and nxt.command.kick.kind != kick.command.kick.kind
+    assert all(s.helped == s.failed == 0 for s in policy.kicks.stats.values())
+
+
 def test_a_kick_credited_as_helping_is_still_rolled_back_if_it_diverges_later() -> None:
     policy = _policy()
     _plateau(policy, "late", 1000)

@@ -268,3 +268,20 @@ def test_reported_training_metrics_are_the_mean_over_the_steps_since_the_last_re
     late = run.meter.reduce()
     assert late["train_acc"] > max(metrics["train_acc"], 0.1)  # it learns, and the meter sees it
     assert late["train_loss"] < metrics["train_loss"]
+
+
+def test_a_gradient_transform_from_the_channel_is_acknowledged_as_not_applied(
+    process_group: None,
+) -> None:
+    """Regression: a ⊥Grad kick from the channel (the default first kick at low weight decay)
+    raised inside the worker and failed the whole trial; now it is acknowledged, not applied."""
+    run = make_run(zero_stage=2)
+    train(run, 2)
+    builds, norm = run.engine_builds, run.weight_norm()
+    assert run.apply(ChannelCommand(0, "kick", Kick("ortho_grad", duration_steps=50))) is None
+    assert run.control == ControlState(acked_id=0, applied_step=-1, not_applied_id=0)
+    assert not run.active and run._rollback is None and run.engine_builds == builds
+    assert run.weight_norm() == norm
+    run.apply(ChannelCommand(1, "kick", Kick("lr_multiply", {"factor": 2.0}, duration_steps=5)))
+    assert run.control == ControlState(acked_id=1, applied_step=2, not_applied_id=0)
+    train(run, 1)  # training goes on

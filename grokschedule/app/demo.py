@@ -80,10 +80,10 @@ def lm_demo_settings(root: Path, quick: bool = False) -> SweepSettings:
         "lm_perm_size": 4,
         "lm_hidden": 64,
         "lm_layers": 2,
-        "lm_train_fraction": tune.grid_search([0.5] if quick else [0.4, 0.5]),
-        "lm_lora_rank": tune.grid_search([None] if quick else [None, 4]),
+        "lm_train_fraction": 0.5,
+        "lm_lora_rank": tune.grid_search([None] if quick else [None, 8]),
         "weight_decay": tune.grid_search([0.0, 1.0]),
-        "lr": 3e-3,
+        "lr": tune.grid_search([3e-3] if quick else [3e-3, 1e-2]),
         "num_workers": 1,
         "cpus_per_worker": 0.9,  # with the Tune functions' 0.01 each, two trials fit 2 CPUs
         "zero_stage": 2,
@@ -102,7 +102,7 @@ def lm_demo_settings(root: Path, quick: bool = False) -> SweepSettings:
         "max_t": max_t,
         "max_extension": extension,
         "grok_threshold": 0.95,
-        "interventions": True,
+        "interventions": ["lr_cycle", "lr_multiply", "weight_decay", "sgd_switch"],
         # Memorization comes late in these runs (~1,300 steps), so patience and the predictor's
         # judgement count from it at smaller multiples than the defaults (20× and 4×).
         "patience_factor": 1.0,

@@ -10,7 +10,10 @@ reads them in the same result as the metrics they explain (``ControlState.metric
 - ``control/acked_id``: the id of the last command applied, -1 before any;
 - ``control/applied_step``: the optimizer step at which it took effect (the ``step`` the trainer
   had reached: the first step under a kick is ``applied_step + 1`` in ``step`` units);
-- ``control/rollbacks``, ``control/kicks_active``: counts.
+- ``control/rollbacks``, ``control/kicks_active``: counts;
+- ``control/not_applied_id``: the id of the last kick the trainer acknowledged without applying
+  it, because it cannot carry out its kind (a gradient transform on a ZeRO engine); -1 before
+  any. The kick policy then gives the kick back and never chooses that kind for the trial again.
 
 - ``control/refused``: commands the trainer refused (``CommandGate``) since its worker started.
 
@@ -42,6 +45,7 @@ from grokschedule.core.contract import (
     APPLIED_STEP,
     CONTROL_PREFIX,
     KICKS_ACTIVE,
+    NOT_APPLIED_ID,
     ROLLBACKS,
 )
 from grokschedule.core.kicks import BATCH_SIZE, LR_MULTIPLY, SGD_SWITCH, WEIGHT_DECAY, Kick
@@ -105,6 +109,7 @@ class ControlState:
     acked_id: int = -1
     applied_step: int = -1
     rollbacks: int = 0
+    not_applied_id: int = -1
 
     def metrics(self, kicks_active: int) -> dict[str, int]:
         """The acknowledgement keys (module docstring) every report of a polling trainer
@@ -114,6 +119,7 @@ class ControlState:
             APPLIED_STEP: self.applied_step,
             ROLLBACKS: self.rollbacks,
             KICKS_ACTIVE: kicks_active,
+            NOT_APPLIED_ID: self.not_applied_id,
         }
 
 

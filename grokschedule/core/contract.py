@@ -28,6 +28,7 @@ ACKED_ID = "control/acked_id"
 APPLIED_STEP = "control/applied_step"
 ROLLBACKS = "control/rollbacks"
 KICKS_ACTIVE = "control/kicks_active"
+NOT_APPLIED_ID = "control/not_applied_id"  # the last kick the trainer lacks the means to apply
 CONTROL_WEIGHT_DECAY = "control/weight_decay"  # the weight decay in force (kicks skip decay at 0)
 
 # Signals the phase detector adds to every decision (the scheduler logs them as

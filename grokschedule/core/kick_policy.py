@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from grokschedule.core.contract import ACKED_ID, APPLIED_STEP, CONTROL_WEIGHT_DECAY
+from grokschedule.core.contract import ACKED_ID, APPLIED_STEP, CONTROL_WEIGHT_DECAY, NOT_APPLIED_ID
 from grokschedule.core.kicks import (
     GROKFAST,
     KINDS,
@@ -281,6 +281,9 @@ class KickPolicy:
                 t.norms.pop(0)
         if CONTROL_WEIGHT_DECAY in control:
             t.weight_decay = float(control[CONTROL_WEIGHT_DECAY])
+        not_applied = int(control.get(NOT_APPLIED_ID, -1))
+        if not_applied in t.pending:  # acknowledged, but its kind is beyond the trainer
+            self.not_applied(trial_id, not_applied)
         acked = int(control.get(ACKED_ID, -1))
         applied_step = float(control.get(APPLIED_STEP, math.nan))
         for command_id in sorted(i for i in t.pending if i <= acked):

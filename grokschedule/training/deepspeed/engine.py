@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ from grokschedule.training.deepspeed.config import (
 )
 from grokschedule.training.deepspeed.task import ExampleStats, Task
 from grokschedule.training.kick_applier import read_hyperparams, write_hyperparams
+
+logger = logging.getLogger(__name__)
 
 TAG = "checkpoint"  # DeepSpeed tag inside every checkpoint directory
 ROLLBACK_TAG = "rollback"  # the rollback point's tag, and its directory inside a checkpoint
@@ -370,6 +373,14 @@ class DeepSpeedRun:
                 f"({self.control.acked_id}); ids must grow per trial"
             )
         record, rollbacks = None, self.control.rollbacks
+        if command.type == KICK and command.kick is not None and not self.can_apply(command.kick):
+            logger.warning(
+                "command %d: kick %r cannot be applied to a DeepSpeed engine (supported: %s); "
+                "acknowledged as not applied (control/not_applied_id)",
+                command.id, command.kick.kind, sorted(ENGINE_KINDS),
+            )  # fmt: skip
+            self.control = replace(self.control, acked_id=command.id, not_applied_id=command.id)
+            return None
         if command.type == KICK:
             assert command.kick is not None  # Command guarantees it for kicks
             self._take_rollback_point()
@@ -377,8 +388,16 @@ class DeepSpeedRun:
         else:
             self.rollback()
             rollbacks += 1
-        self.control = ControlState(command.id, self.step, rollbacks)
+        self.control = replace(
+            self.control, acked_id=command.id, applied_step=self.step, rollbacks=rollbacks
+        )
         return record
+
+    @staticmethod
+    def can_apply(kick: Kick) -> bool:
+        """Whether this engine can carry out ``kick``'s kind (gradient transforms cannot be:
+        ZeRO reduces and partitions gradients inside ``backward``)."""
+        return kick.kind in ENGINE_KINDS
 
     def rollback(self) -> None:
         """Return to the rollback point taken before the latest channel kick (module docstring)."""
