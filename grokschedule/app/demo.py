@@ -102,7 +102,7 @@ def lm_demo_settings(root: Path, quick: bool = False) -> SweepSettings:
         "max_t": max_t,
         "max_extension": extension,
         "grok_threshold": 0.95,
-        "interventions": ["lr_cycle", "lr_multiply", "weight_decay", "sgd_switch"],
+        "interventions": True,
         # Memorization comes late in these runs (~1,300 steps), so patience and the predictor's
         # judgement count from it at smaller multiples than the defaults (20× and 4×).
         "patience_factor": 1.0,
