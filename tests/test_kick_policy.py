@@ -249,6 +249,20 @@ def test_a_kick_the_trainer_acknowledges_as_not_applied_is_given_back() -> None:
     assert all(s.helped == s.failed == 0 for s in policy.kicks.stats.values())
 
 
+def test_a_trainer_that_cannot_transform_gradients_never_gets_a_gradient_kick() -> None:
+    """``control/grad_transforms`` 0 (the DeepSpeed engine) rules out Grokfast, noise and ⊥Grad
+    up front — with the default kicks, where ⊥Grad is the first pick at weak decay."""
+    kicks = KickConfig()  # the defaults: lr cycle, lr ×3, ⊥Grad, weight decay ×3
+    policy = GrokPolicy(
+        PolicyConfig(patience_factor=10.0, judge_after=2.0, max_t=3000, interventions=kicks)
+    )
+    weak = {"control/weight_decay": 0.1, "control/acked_id": -1}
+    assert _kinds_chosen(policy, "torch", weak)[0] == "ortho_grad"
+    zero = {**weak, "control/grad_transforms": 0}
+    chosen = _kinds_chosen(policy, "zero", zero)
+    assert chosen and not {"ortho_grad", "grokfast", "grad_noise"} & set(chosen)
+
+
 def test_a_kick_credited_as_helping_is_still_rolled_back_if_it_diverges_later() -> None:
     policy = _policy()
     _plateau(policy, "late", 1000)

@@ -280,6 +280,7 @@ def test_a_gradient_transform_from_the_channel_is_acknowledged_as_not_applied(
     builds, norm = run.engine_builds, run.weight_norm()
     assert run.apply(ChannelCommand(0, "kick", Kick("ortho_grad", duration_steps=50))) is None
     assert run.control == ControlState(acked_id=0, applied_step=-1, not_applied_id=0)
+    assert run.control_metrics()["control/grad_transforms"] == 0  # so the policy won't resend
     assert not run.active and run._rollback is None and run.engine_builds == builds
     assert run.weight_norm() == norm
     run.apply(ChannelCommand(1, "kick", Kick("lr_multiply", {"factor": 2.0}, duration_steps=5)))

@@ -13,7 +13,10 @@ reads them in the same result as the metrics they explain (``ControlState.metric
 - ``control/rollbacks``, ``control/kicks_active``: counts;
 - ``control/not_applied_id``: the id of the last kick the trainer acknowledged without applying
   it, because it cannot carry out its kind (a gradient transform on a ZeRO engine); -1 before
-  any. The kick policy then gives the kick back and never chooses that kind for the trial again.
+  any. The kick policy then gives the kick back and never chooses that kind for the trial again;
+- ``control/grad_transforms``: 0 from a trainer that cannot transform gradients at all (the
+  DeepSpeed engine: ZeRO reduces and partitions them inside ``backward``), so the kick policy
+  never picks Grokfast, gradient noise or ⊥Grad for it in the first place.
 
 - ``control/refused``: commands the trainer refused (``CommandGate``) since its worker started.
 

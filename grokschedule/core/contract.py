@@ -29,6 +29,7 @@ APPLIED_STEP = "control/applied_step"
 ROLLBACKS = "control/rollbacks"
 KICKS_ACTIVE = "control/kicks_active"
 NOT_APPLIED_ID = "control/not_applied_id"  # the last kick the trainer lacks the means to apply
+GRAD_TRANSFORMS = "control/grad_transforms"  # 0: the trainer cannot transform gradients (ZeRO)
 CONTROL_WEIGHT_DECAY = "control/weight_decay"  # the weight decay in force (kicks skip decay at 0)
 
 # Signals the phase detector adds to every decision (the scheduler logs them as

@@ -44,7 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from grokschedule.core.contract import ACKED_ID, APPLIED_STEP, CONTROL_WEIGHT_DECAY, NOT_APPLIED_ID
+from grokschedule.core.contract import (
+    ACKED_ID,
+    APPLIED_STEP,
+    CONTROL_WEIGHT_DECAY,
+    GRAD_TRANSFORMS,
+    NOT_APPLIED_ID,
+)
+from grokschedule.core.kicks import GRAD_TRANSFORMS as GRAD_TRANSFORM_KINDS
 from grokschedule.core.kicks import (
     GROKFAST,
     KINDS,
@@ -281,6 +288,8 @@ class KickPolicy:
                 t.norms.pop(0)
         if CONTROL_WEIGHT_DECAY in control:
             t.weight_decay = float(control[CONTROL_WEIGHT_DECAY])
+        if control.get(GRAD_TRANSFORMS) == 0:  # e.g. a ZeRO engine: none of them can work
+            t.unavailable.update(GRAD_TRANSFORM_KINDS)
         not_applied = int(control.get(NOT_APPLIED_ID, -1))
         if not_applied in t.pending:  # acknowledged, but its kind is beyond the trainer
             self.not_applied(trial_id, not_applied)

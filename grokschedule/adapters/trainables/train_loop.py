@@ -118,7 +118,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tokens_per_s = examples * run.task.tokens_per_example / (time.perf_counter() - started)
         metrics = {**report_metrics(run), "tokens_per_s": tokens_per_s}
         if isinstance(source, ChannelCommands):  # rank 0 polls: its count is the one reported
-            metrics.update(run.control.metrics(len(run.active)))
+            metrics.update(run.control_metrics())
             metrics.update(source.client.metrics())
         every = config.checkpoint_every
         due = every and (run.step % every == 0 or run.step == config.max_steps)

@@ -64,6 +64,7 @@ from torch import nn
 
 from grokschedule.core.commands import KICK, ControlState
 from grokschedule.core.commands import Command as ChannelCommand
+from grokschedule.core.contract import GRAD_TRANSFORMS
 from grokschedule.core.kicks import (
     BATCH_SIZE,
     HYPERPARAM_KINDS,
@@ -392,6 +393,11 @@ class DeepSpeedRun:
             self.control, acked_id=command.id, applied_step=self.step, rollbacks=rollbacks
         )
         return record
+
+    def control_metrics(self) -> dict[str, int]:
+        """The acknowledgements (``ControlState.metrics``), and that this engine cannot take
+        gradient-transform kicks, so the kick policy does not send them."""
+        return {**self.control.metrics(len(self.active)), GRAD_TRANSFORMS: 0}
 
     @staticmethod
     def can_apply(kick: Kick) -> bool:
