@@ -289,8 +289,9 @@ def offline_sweep(config: PolicyConfig, bank: CurveBank, seen: list[Seen]) -> di
             due[trial_id].append((at, decision.command))
             if (trial_id, decision.command.id) in acked_at:
                 delays[at - k] += 1
+    rows = {entry.trial_id: entry.row for entry in seen}
     for trial_id, count in index.items():
-        curve = curves[next(s.row for s in seen if s.trial_id == trial_id)]
+        curve = curves[rows[trial_id]]
         stopped = decisions[trial_id][-1][0] == DecisionKind.STOP.value
         if not stopped and count + 1 < len(curve["step"]):
             problems.setdefault(trial_id, []).append(
@@ -314,8 +315,10 @@ def compare_sweep(
     live: dict[str, list[tuple[Any, ...]]] = {}
     acks: dict[str, list[tuple[int, int]]] = {}
     rows: dict[str, int] = {}
+    handled: Counter[str] = Counter()
     for entry in seen:
         rows[entry.trial_id] = entry.row
+        handled[entry.trial_id] += 1
         if entry.decision is not None:
             live.setdefault(entry.trial_id, []).append(entry.decision)
             acks.setdefault(entry.trial_id, []).append(entry.acked)
@@ -334,7 +337,7 @@ def compare_sweep(
             )
         if acks.get(trial_id, []) != offline["acks"].get(trial_id, []):
             problems.append("acknowledgements differ from the offline replay's")
-        seen_results = sum(1 for s in seen if s.trial_id == trial_id)
+        seen_results = handled[trial_id]
         if counts.get(trial_id, 0) != seen_results:
             problems.append(
                 f"the ledger saw {counts.get(trial_id, 0)} results, the scheduler {seen_results}"

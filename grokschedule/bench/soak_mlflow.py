@@ -243,14 +243,22 @@ def verify_delivery(
                 run_of[record["key"]] = found[0]
         if len(runs) != len(created):
             problems.append(f"{len(runs)} runs in the experiment, the journal made {len(created)}")
+        # One pass over each table (their keys do not start with the run id: a query per run
+        # would scan the whole table a thousand times).
+        stored_metrics: dict[str, Counter[tuple[str, int, float]]] = {}
+        for run_id, name, step, value in db.execute(
+            "SELECT run_uuid, key, step, value FROM metrics"
+        ):
+            stored_metrics.setdefault(run_id, Counter())[name, int(step), float(value)] += 1
+        stored_tags: dict[str, dict[str, str]] = {}
+        for run_id, name, value in db.execute("SELECT run_uuid, key, value FROM tags"):
+            stored_tags.setdefault(run_id, {})[name] = value
+        stored_params: dict[str, dict[str, str]] = {}
+        for run_id, name, value in db.execute("SELECT run_uuid, key, value FROM params"):
+            stored_params.setdefault(run_id, {})[name] = value
         metric_rows = 0
         for key, run_id in run_of.items():
-            stored = Counter(
-                (name, int(step), float(value))
-                for name, step, value in db.execute(
-                    "SELECT key, step, value FROM metrics WHERE run_uuid = ?", (run_id,)
-                )
-            )
+            stored = stored_metrics.get(run_id, Counter())
             metric_rows += sum(stored.values())
             wanted = Counter(
                 {
@@ -265,14 +273,14 @@ def verify_delivery(
                     f"(e.g. {list(extra)[:2]}), {sum(missing.values())} missing "
                     f"(e.g. {list(missing)[:2]})"
                 )
-            tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+            tags = stored_tags.get(run_id, {})
             wrong = {k for k, v in expected_tags.get(key, {}).items() if tags.get(k) != v}
             parent = run_of.get(names.PARENT_KEY)
             if key != names.PARENT_KEY and tags.get(names.PARENT_RUN_ID) != parent:
                 wrong.add(names.PARENT_RUN_ID)  # nested under the sweep's own run
             if wrong:
                 problems.append(f"run {key}: tags {sorted(wrong)[:5]} missing or different")
-            params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)))
+            params = stored_params.get(run_id, {})
             if params != expected_params.get(key, {}):
                 problems.append(f"run {key}: params differ from the journal's")
             if status.get(run_id) != expected_status.get(key):
