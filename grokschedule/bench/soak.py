@@ -512,6 +512,8 @@ def run_soak(
         "wall_s": round(wall, 1),
         "results_per_s": round(len(ledger.times) / wall, 1),
         "first_result_s": round(first_result, 1),
+        # fit() returns after the callbacks' end of experiment (MLflow: plots, flush) too.
+        "last_result_s": round((ledger.times[-1] if ledger.times else began) - began, 1),
         "max_gap_s": round(float(gaps.max()), 2),
         "p99_gap_s": round(float(np.percentile(gaps, 99)), 3),
         "on_trial_result_p50_ms": round(float(np.percentile(latencies_ms, 50)), 3),

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from grokschedule.tracking import names
-from grokschedule.tracking.spool import CURSOR, RECORDS, REJECTED, read_records
+from grokschedule.tracking.spool import CURSOR, RECORDS, REJECTED
 
 START_TIMEOUT_S = 180.0  # a cold start of the server on a loaded two-core machine
 
@@ -190,7 +190,7 @@ def verify_delivery(
     each trial's decision log as ``Decision.to_dict()`` dicts, which its ``grok/decisions.json``
     must hold. Returns counts and a list of ``problems`` (empty when every record arrived
     exactly once)."""
-    records = list(read_records(spool))
+    records, sent_metrics = _records(spool)
     created = [r for r in records if r["op"] == "create_run"]
     expected_metrics: dict[str, Counter[tuple[str, int, float]]] = {}
     expected_tags: dict[str, dict[str, str]] = {}
@@ -256,7 +256,7 @@ def verify_delivery(
         stored_params: dict[str, dict[str, str]] = {}
         for run_id, name, value in db.execute("SELECT run_uuid, key, value FROM params"):
             stored_params.setdefault(run_id, {})[name] = value
-        metric_rows = 0
+        metric_rows = extra_rows = missing_sent_rows = 0
         for key, run_id in run_of.items():
             stored = stored_metrics.get(run_id, Counter())
             metric_rows += sum(stored.values())
@@ -266,6 +266,10 @@ def verify_delivery(
                     for (name, step, value), n in expected_metrics.get(key, Counter()).items()
                 }
             )
+            # Whether delivery finished or not: nothing twice, nothing the sender counted as
+            # sent missing.
+            extra_rows += sum((stored - wanted).values())
+            missing_sent_rows += sum((sent_metrics.get(key, Counter()) - stored).values())
             if stored != wanted:
                 extra, missing = stored - wanted, wanted - stored
                 problems.append(
@@ -312,6 +316,11 @@ def verify_delivery(
             problems.append(f"trial {trial_id}: {names.DECISIONS_JSON} is not its decision log")
     return {
         "records": len(records),
+        "runs_duplicated": sum(len(found) > 1 for found in keyed.values()),
+        "runs_missing": len(created) - len(run_of),
+        "metric_rows_extra": extra_rows,
+        "metric_rows_missing_of_sent": missing_sent_rows,
+        "metric_rows_expected": sum(sum(c.values()) for c in expected_metrics.values()),
         "runs": len(runs),
         "trial_runs": len(created) - 1,
         "metric_rows": metric_rows,
@@ -325,3 +334,22 @@ def verify_delivery(
 def _canonical(data: Any) -> str:
     """JSON text to compare by (NaN signals compare equal as text, not as floats)."""
     return json.dumps(data, sort_keys=True)
+
+
+def _records(spool: Path) -> tuple[list[dict[str, Any]], dict[str, Counter[tuple[str, int, Any]]]]:
+    """The journal's records, and per run the metric rows of those before the send cursor."""
+    cursor, offset = sent_offset(spool), 0
+    records: list[dict[str, Any]] = []
+    sent: dict[str, Counter[tuple[str, int, Any]]] = {}
+    path = spool / RECORDS
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            offset += len(line)
+            record = json.loads(line)
+            records.append(record)
+            if record["op"] == "metrics" and offset <= cursor:
+                rows = sent.setdefault(record["key"], Counter())
+                rows.update((k, record["step"], float(v)) for k, v in record["values"].items())
+    return records, sent
