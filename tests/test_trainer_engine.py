@@ -245,7 +245,7 @@ def test_lora_rank_kick_through_the_channel_keeps_the_loss_and_rolls_back_exactl
     assert (run.adapter_rank, run.adapter_rank_limit) == (8, 32)  # hidden 32
 
     too_big = Kick("lora_rank", {"factor": 8})
-    with pytest.raises(ValueError, match=r"rank 8 × 8 = 64 is larger .* min\(in, out\) = 32"):
+    with pytest.raises(ValueError, match=r"rank 8 × 8 = 64 is larger .*\(min\(in, out\) = 32\)"):
         run.apply(ChannelCommand(0, "kick", too_big))
     assert run.control == ControlState() and run.adapter_rank == 8  # refused before any change
 
