@@ -298,6 +298,8 @@ def test_kick_config_change_for_the_built_in_trainable() -> None:
         kick_config_change(Kick("grokfast"), config)
     with pytest.raises(ValueError, match="needs a mini-batch run; this one is full-batch"):
         kick_config_change(Kick("batch_size", {"factor": 2}, 10), {"lr": 1e-3})
+    with pytest.raises(ValueError, match="lora_rank kick needs a model with a LoRA adapter"):
+        kick_config_change(Kick("lora_rank"), config)
 
 
 def test_generic_config_change_reads_the_usual_keys_and_refuses_what_it_cannot_know() -> None:
@@ -310,6 +312,9 @@ def test_generic_config_change_reads_the_usual_keys_and_refuses_what_it_cannot_k
         config_change(Kick("weight_decay", {"factor": 3.0}), {"lr": 0.1})
     with pytest.raises(ValueError, match="a ortho_grad kick cannot be a config change"):
         config_change(Kick("ortho_grad"), config)
+    assert config_change(Kick("lora_rank"), {**config, "lm_lora_rank": 8}) == {"lm_lora_rank": 32}
+    with pytest.raises(ValueError, match=r"needs a model with a LoRA adapter.*lm_lora_rank=None"):
+        config_change(Kick("lora_rank"), {**config, "lm_lora_rank": None})
 
 
 def test_a_restart_under_a_changed_config_takes_the_new_values() -> None:

@@ -143,6 +143,11 @@ def test_unsupported_kicks_are_refused_before_training() -> None:
     }
     with pytest.raises(ValueError, match="a batch_size kick cannot be carried out"):
         GrokSettings(interventions={"kicks": [Kick("batch_size", {"factor": 2})]}, **options)
+    with pytest.raises(ValueError, match="a lora_rank kick cannot be carried out by a trainer"):
+        GrokSettings(interventions=["lr_cycle", "lora_rank"], **options)
+    # The defaults hold lora_rank, which the policy never gives a run that reports no LoRA rank.
+    settings = GrokSettings(interventions=True, **options)
+    assert "lora_rank" in [k.kind for k in settings.interventions.kicks]
     with pytest.raises(ValueError, match="patience_factor must be > 0"):
         GrokSettings(**{**options, "patience_factor": 0}, interventions=None)
 

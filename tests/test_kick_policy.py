@@ -9,7 +9,15 @@ from grokschedule.core.commands import ROLLBACK, Command
 from grokschedule.core.contract import Observation
 from grokschedule.core.decision import DecisionKind
 from grokschedule.core.kick_policy import FirstKick, KickConfig, KickPolicy, KickStats
-from grokschedule.core.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
+from grokschedule.core.kicks import (
+    GROKFAST,
+    LORA_RANK,
+    LR_CYCLE,
+    LR_MULTIPLY,
+    ORTHO_GRAD,
+    WEIGHT_DECAY,
+    Kick,
+)
 from grokschedule.core.phases import Phase
 from grokschedule.core.policy import GrokPolicy, PolicyConfig
 
@@ -366,3 +374,32 @@ def test_a_kick_with_no_evidence_for_verdict_after_steps_has_failed() -> None:
 def test_bad_first_kick_and_probe_settings_name_the_field(options, field) -> None:
     with pytest.raises(ValueError, match=field):
         KickConfig.from_user(options)
+
+
+# -- the LoRA-rank kick: LM trials with an adapter that can grow, and only those -----------------
+def test_a_lora_rank_kick_goes_first_to_a_trial_whose_adapter_can_grow_and_only_there() -> None:
+    kicks = KickPolicy(KickConfig(probe_trials=0, max_kicks=len(KickConfig().kicks), cooldown=0))
+    seen = {
+        "lm": {"control/lora_rank": 8, "control/weight_decay": 0.1},
+        "at the cap": {"control/lora_rank": 32, "control/weight_decay": 0.1},  # 128 > 64
+        "narrow layers": {"control/lora_rank": 8, "control/lora_rank_limit": 16},  # 32 > 16
+        "mlp": {"control/weight_decay": 0.1},
+    }
+    for trial, control in seen.items():
+        kicks.absorb(trial, control, TRAIN)
+    first = {trial: kicks.choose(trial, 300.0, TRAIN)[1].kind for trial in seen}
+    assert first == {
+        "lm": LORA_RANK,
+        "at the cap": ORTHO_GRAD,  # what the weight-decay rule gives without the kind
+        "narrow layers": LR_CYCLE,  # weight decay unknown: no rule, the list's order
+        "mlp": ORTHO_GRAD,
+    }
+    assert "LoRA rank 8 → 32" in kicks.trial("lm").why
+    # Every kick a trial without an adapter can get, acknowledged one after another: never it.
+    for trial in ("mlp", "at the cap"):
+        for command_id in range(len(KickConfig().kicks)):
+            kicks.absorb(trial, {"control/acked_id": command_id}, TRAIN)
+            chosen = kicks.choose(trial, 400.0 + command_id, TRAIN)
+            assert chosen is None or chosen[1].kind != LORA_RANK
+    with pytest.raises(ValueError, match="max_lora_rank must be an int >= 1"):
+        KickConfig(max_lora_rank=0)

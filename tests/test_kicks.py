@@ -102,6 +102,9 @@ def train_trainer(
         ("grokfast", {"alpha": 1.0}, None, r"params\['alpha'\] for grokfast must be in \(0, 1\)"),
         ("grokfast", {"beta": 0.5}, None, r"params \['beta'\] unknown .* \['alpha', 'lamb'\]"),
         ("ortho_grad", {"factor": 2}, None, r"params \['factor'\] unknown for ortho_grad"),
+        ("lora_rank", {"factor": 1}, None, r"'factor'\] for lora_rank must be an integer >= 2"),
+        ("lora_rank", {"factor": 2.5}, None, r"an integer >= 2, got 2.5"),
+        ("lora_rank", {"factor": 2}, 100, r"duration_steps must be None for lora_rank"),
     ],
 )
 def test_bad_kicks_raise_naming_the_field(
@@ -125,11 +128,30 @@ EXAMPLES = [
     Kick("grad_noise", {"std": 0.01, "gamma": 0.55}, 200),
     Kick("grokfast"),
     Kick("ortho_grad"),
+    Kick("lora_rank", {"factor": 2}),
 ]
 
 
 def test_examples_cover_every_kind() -> None:
     assert sorted(k.kind for k in EXAMPLES) == sorted(KINDS)
+
+
+def test_a_lora_rank_kick_multiplies_the_rank_and_is_permanent() -> None:
+    kick = Kick("lora_rank")
+    assert kick.params == {"factor": 4.0} and kick.duration_steps is None
+    assert kick.rank_after(8) == 32 and Kick("lr_multiply", {"factor": 3.0}).rank_after(8) == 8
+
+
+def test_the_applier_refuses_a_lora_rank_kick_and_the_trainer_keeps_its_state() -> None:
+    t = trainer()
+    before = t.optimizer.param_groups[0]["lr"]
+    command = {"id": 0, "type": "kick", "kick": Kick("lora_rank").to_dict()}
+    with pytest.raises(ValueError, match="lora_rank needs a model with a LoRA adapter"):
+        t.apply_command(command)
+    assert t.control.acked_id == -1 and not t.applier.active
+    assert t.optimizer.param_groups[0]["lr"] == before
+    with pytest.raises(ValueError, match="no kick since the last rollback"):  # no point was kept
+        t.apply_command({"id": 0, "type": "rollback"})
 
 
 @pytest.mark.parametrize("kick", EXAMPLES)

@@ -15,7 +15,7 @@ from ray.tune.result import SHOULD_CHECKPOINT
 from ray.tune.schedulers import TrialScheduler
 
 from grokschedule.core.decision import DecisionKind
-from grokschedule.core.kicks import GROKFAST, LR_MULTIPLY, WEIGHT_DECAY, Kick
+from grokschedule.core.kicks import GROKFAST, LORA_RANK, LR_MULTIPLY, WEIGHT_DECAY, Kick
 from tune_plugins import GrokScheduler
 
 
@@ -158,3 +158,41 @@ def test_overlapping_kicks_by_restart_each_end_on_their_own_schedule() -> None:
     before = scheduler.last_decision(trial.trial_id)
     assert scheduler.on_trial_result(None, trial, {**result, "step": 3}) == TrialScheduler.CONTINUE
     assert scheduler.last_decision(trial.trial_id) is before
+
+
+def test_a_lora_rank_kick_reaches_an_lm_trial_by_restart_and_no_trial_without_an_adapter() -> None:
+    """The default kicks, no Ray: an LM trial with a LoRA adapter gets the rank × 4 first, as a
+    restart under ``lm_lora_rank`` 32; a trial without ``lm_lora_rank`` never gets it."""
+    scheduler = GrokScheduler(
+        metric="val_acc",
+        mode="max",
+        max_t=200,
+        patience_factor=1.0,
+        min_patience=40,
+        predictor=False,
+        interventions={"kick_at": 0.05, "cooldown": 0, "max_kicks": 5},
+    )
+    lm = Trial("lm", config={"lr": 1e-3, "weight_decay": 0.1, "lm_lora_rank": 8}, stub=True)
+    mlp = Trial("mlp", config={"lr": 1e-3, "weight_decay": 0.1}, stub=True)
+    for step in range(1, 60):
+        result = {
+            "step": step,
+            "val_acc": 0.02,
+            "train_loss": 1e-3,
+            "train_acc": 1.0,
+            "val_loss": 6.0,
+            "weight_norm": 40.0,
+            SHOULD_CHECKPOINT: step % 2 == 0,
+        }
+        for trial in (lm, mlp):
+            scheduler.on_trial_result(None, trial, result)
+    kicked = {
+        name: [
+            d.command.kick.kind
+            for d in scheduler.decision_log(trial.trial_id)
+            if d.kind is DecisionKind.KICK
+        ]
+        for name, trial in (("lm", lm), ("mlp", mlp))
+    }
+    assert kicked["lm"][0] == LORA_RANK and lm.config["lm_lora_rank"] == 32
+    assert kicked["mlp"] and LORA_RANK not in kicked["mlp"] and "lm_lora_rank" not in mlp.config

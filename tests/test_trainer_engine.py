@@ -162,6 +162,9 @@ def test_kicks_that_need_whole_gradients_are_refused(process_group: None) -> Non
     run = make_run(zero_stage=1)
     with pytest.raises(ValueError, match="'grokfast' cannot be applied to a DeepSpeed engine"):
         run.apply_kick(Kick("grokfast"))
+    with pytest.raises(ValueError, match="lora_rank needs a model with a LoRA adapter; task 'mod"):
+        run.apply(ChannelCommand(0, "kick", Kick("lora_rank")))
+    assert run.control == ControlState() and run.adapter_rank is None
 
 
 def test_a_model_that_does_not_fit_fails_before_initialize(process_group: None) -> None:
@@ -221,6 +224,65 @@ def test_lora_rank_grows_in_place_of_the_function(process_group: None, tmp_path:
     restored = DeepSpeedRun.restore(run.config, run.task, run.device, tmp_path)
     assert restored.task.adapter_rank == 32
     assert restored.evaluate("val") == run.evaluate("val")
+
+
+def module_weights(run: DeepSpeedRun) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in run.engine.module.state_dict().items()}
+
+
+def test_lora_rank_kick_through_the_channel_keeps_the_loss_and_rolls_back_exactly(
+    process_group: None, tmp_path: Path
+) -> None:
+    """The kick behind a rollback point on ZeRO-2: the rank × 4 without changing the outputs,
+    acknowledged; a restart at the grown rank; the rollback back to rank 8 and its exact
+    weights, loss and AdamW moments; and a restart by config (lm_lora_rank 8 → 32)."""
+    run = lm_run(lm_lora_rank=8, zero_stage=2)
+    configured = run.task  # what the trial's config builds, as on every worker restart
+    train(run, 3)
+    before = {split: run.evaluate(split) for split in ("val", "probe")}
+    weights, moments = module_weights(run), adam_moments(run)
+    run.save(tmp_path / "before")
+    assert (run.adapter_rank, run.adapter_rank_limit) == (8, 32)  # hidden 32
+
+    too_big = Kick("lora_rank", {"factor": 8})
+    with pytest.raises(ValueError, match=r"rank 8 × 8 = 64 is larger .*\(min\(in, out\) = 32\)"):
+        run.apply(ChannelCommand(0, "kick", too_big))
+    assert run.control == ControlState() and run.adapter_rank == 8  # refused before any change
+
+    record = run.apply(ChannelCommand(0, "kick", Kick("lora_rank")))
+    assert record is not None and record.changes["lora_rank"] == (8, 32)
+    assert run.adapter_rank == 32 and not run.active
+    assert run.control.metrics(len(run.active)) == {
+        "control/acked_id": 0,
+        "control/applied_step": 3,
+        "control/rollbacks": 0,
+        "control/kicks_active": 0,
+    }
+    for split, result in before.items():  # zero-padded B: the same function, the same loss
+        assert run.evaluate(split) == pytest.approx(result, rel=1e-6)
+    train(run, 2)
+    assert math.isfinite(run.meter.reduce()["train_loss"])
+
+    # A worker restart after the kick: built from the configured rank 8, resumed at rank 32.
+    run.save(tmp_path / "kicked")
+    restored = DeepSpeedRun.restore(run.config, configured, run.device, tmp_path / "kicked")
+    assert restored.adapter_rank == 32 and restored.evaluate("val") == run.evaluate("val")
+    restored.apply(ChannelCommand(1, "rollback"))
+    assert restored.adapter_rank == 8 and restored.control == ControlState(1, 5, 1)
+    restored_weights = module_weights(restored)
+    assert restored_weights.keys() == weights.keys()
+    assert all(torch.equal(weights[k], restored_weights[k]) for k in weights)
+    assert all(torch.equal(a, b) for a, b in zip(moments, adam_moments(restored), strict=True))
+    assert {split: restored.evaluate(split) for split in before} == before
+    train(restored, 1)
+    assert math.isfinite(restored.meter.reduce()["train_loss"])
+
+    # The restart fallback: the trial's config now says rank 32, its checkpoint holds rank 8.
+    grown_task = configured.with_adapter_rank(32)
+    grown = DeepSpeedRun.restore(run.config, grown_task, run.device, tmp_path / "before")
+    assert grown.adapter_rank == 32 and grown.step == 3
+    for split, result in before.items():
+        assert grown.evaluate(split) == pytest.approx(result, rel=1e-6)
 
 
 def test_bench_runs_tiny_and_reports_throughput_and_overhead(process_group: None) -> None:

@@ -146,17 +146,18 @@ def test_stopped_trial_frees_its_workers_and_its_run_resumes(
 
 
 class CommandPoster(tune.Callback):
-    """Plays the scheduler's part on the driver: a harmful kick once the trial reports, then
-    a rollback once the trainer has acknowledged the kick."""
+    """Plays the scheduler's part on the driver: a kick (by default a harmful one) once the trial
+    reports, then a rollback once the trainer has acknowledged the kick."""
 
-    def __init__(self) -> None:
+    def __init__(self, kick: Kick | None = None) -> None:
         self.channel = ControlChannel()
         self.posted: list[int] = []
+        self.kick = kick or Kick("lr_multiply", {"factor": 1000.0}, duration_steps=1000)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         acked = result.get("control/acked_id")
         if not self.posted:
-            kick = Kick("lr_multiply", {"factor": 1000.0}, duration_steps=1000)
+            kick = self.kick
             self.channel.post(trial.trial_id, {"id": 0, "type": "kick", "kick": kick.to_dict()})
             self.posted.append(0)
         elif self.posted == [0] and acked == 0:
@@ -192,3 +193,44 @@ def test_channel_commands_reach_every_rank_and_are_acknowledged(local_ray, tmp_p
     assert rolled["lr"].tolist() == pytest.approx([3e-3] * len(rolled))
     assert (rolled["control/kicks_active"] == 0).all()
     assert list(history.index) == list(range(10, 81, 10))  # steps stay monotone
+
+
+def test_a_lora_rank_kick_reaches_the_lm_engine_live_and_its_rollback_restores_the_rank(
+    local_ray, tmp_path: Path
+) -> None:
+    pytest.importorskip("peft")
+    poster = CommandPoster(Kick("lora_rank", {"factor": 4}))
+    space = {
+        "task": "lm",
+        "lm_p": 11,
+        "lm_hidden": 32,
+        "lm_layers": 1,
+        "lm_lora_rank": 8,
+        "num_workers": 1,
+        "cpus_per_worker": 1,
+        "zero_stage": 2,
+        "batch_size": 16,
+        "micro_batch_size": 8,
+        "lr": 1e-3,
+        "max_steps": 80,
+        "eval_every": 10,
+        "checkpoint_every": 40,
+        "worker_start_timeout_s": 30,
+        "controller_failure_limit": 0,
+        "control": True,
+        CONTROL_KEY: poster.channel.key,
+    }
+    tuner = tune.Tuner(
+        tune.with_resources(make_trainable(), {"cpu": 0.01}),
+        param_space=space,
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "ray_results"), verbose=0, callbacks=[poster]
+        ),
+    )
+    [result] = tuner.fit()
+    assert result.error is None and poster.posted == [0, 1]
+    history = result.metrics_dataframe.set_index("step")
+    assert (history["control/lora_rank_limit"] == 32).all()
+    ranks = history.groupby("control/acked_id")["control/lora_rank"].agg(set).to_dict()
+    assert ranks == {-1: {8}, 0: {32}, 1: {8}}  # grown by the kick, back by the rollback
+    assert history["control/rollbacks"].iloc[-1] == 1

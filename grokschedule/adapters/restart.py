@@ -8,11 +8,13 @@ checkpoint the trial is paused and resumed from that checkpoint under the new co
 (``restart_with_config``). A kick with a ``duration_steps`` window is undone the same way once the
 window has passed (restart with the old values), so it means the same on both paths; a ROLLBACK
 restarts with the pre-kick values, but the weights go on from the latest checkpoint (Tune resumes
-from that one, not from the one before the kick). A kick with no config equivalent (Grokfast,
-⊥Grad, ...) is refused with a ``ValueError``, and the scheduler tells the kick policy not to
-choose that kind for the trial again. ``RestartFallback`` also keeps the acknowledgements the
-trainable cannot write (``control/acked_id``, ``control/applied_step``), so the kick policy reads
-both paths alike.
+from that one, not from the one before the kick). A ``lora_rank`` kick becomes ``lm_lora_rank``
+× factor, which the DeepSpeed trainer takes by growing the restored adapter; its rollback by
+restart cannot shrink that adapter back (the live channel's rollback can). A kick with no config
+equivalent (Grokfast, ⊥Grad, ...) is refused with a ``ValueError``, and the scheduler tells the
+kick policy not to choose that kind for the trial again. ``RestartFallback`` also keeps the
+acknowledgements the trainable cannot write (``control/acked_id``, ``control/applied_step``), so
+the kick policy reads both paths alike.
 """
 
 from __future__ import annotations

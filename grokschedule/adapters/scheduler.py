@@ -20,8 +20,14 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from grokschedule.adapters.control_channel import CONTROL_KEY, ControlChannel
 from grokschedule.adapters.restart import ConfigChange, RestartFallback
-from grokschedule.core.commands import config_change
-from grokschedule.core.contract import ACKED_ID, CONTROL_WEIGHT_DECAY, MetricNames, Observation
+from grokschedule.core.commands import LORA_RANK_KEY, config_change
+from grokschedule.core.contract import (
+    ACKED_ID,
+    CONTROL_LORA_RANK,
+    CONTROL_WEIGHT_DECAY,
+    MetricNames,
+    Observation,
+)
 from grokschedule.core.decision import Decision, DecisionKind
 from grokschedule.core.kick_policy import KickConfig
 from grokschedule.core.policy import GrokPolicy, PolicyConfig
@@ -301,12 +307,15 @@ class GrokScheduler(FIFOScheduler):
 
     def _known_control(self, trial: Trial, result: Mapping[str, Any]) -> dict[str, float]:
         """``control/*`` values the trainable does not report: the acknowledgements of kicks by
-        restart, and the trial's weight decay from its config (the kick policy skips a
-        weight-decay kick at 0)."""
+        restart, and the trial's weight decay and LoRA rank from its config (the kick policy
+        skips a weight-decay kick at 0, and a lora_rank kick without an adapter)."""
         known = {} if ACKED_ID in result else self._restarts.acks(trial.trial_id)
         weight_decay = trial.config.get("weight_decay")
         if CONTROL_WEIGHT_DECAY not in result and isinstance(weight_decay, int | float):
             known[CONTROL_WEIGHT_DECAY] = float(weight_decay)
+        rank = trial.config.get(LORA_RANK_KEY)
+        if CONTROL_LORA_RANK not in result and isinstance(rank, int) and not isinstance(rank, bool):
+            known[CONTROL_LORA_RANK] = float(rank)
         return known
 
     def _require_policy(self) -> GrokPolicy:

@@ -51,7 +51,14 @@ from grokschedule.core.contract import (
     NOT_APPLIED_ID,
     ROLLBACKS,
 )
-from grokschedule.core.kicks import BATCH_SIZE, LR_MULTIPLY, SGD_SWITCH, WEIGHT_DECAY, Kick
+from grokschedule.core.kicks import (
+    BATCH_SIZE,
+    LORA_RANK,
+    LR_MULTIPLY,
+    SGD_SWITCH,
+    WEIGHT_DECAY,
+    Kick,
+)
 
 KICK = "kick"
 ROLLBACK = "rollback"
@@ -279,13 +286,18 @@ class CommandGate:
         return command
 
 
-RESTART_KINDS = (LR_MULTIPLY, WEIGHT_DECAY, BATCH_SIZE, SGD_SWITCH)
+RESTART_KINDS = (LR_MULTIPLY, WEIGHT_DECAY, BATCH_SIZE, SGD_SWITCH, LORA_RANK)
+LORA_RANK_KEY = "lm_lora_rank"  # the LM task's adapter rank in a trial's config
 
 
 def config_change(kick: Kick, config: Mapping[str, Any]) -> dict[str, Any]:
     """The config keys that carry ``kick`` out in a trainable restarted under
     ``{**config, **change}``, for a trainable that reads the usual names: ``lr``,
-    ``weight_decay``, ``batch_size``, ``optimizer`` and ``momentum``.
+    ``weight_decay``, ``batch_size``, ``optimizer``, ``momentum`` and ``lm_lora_rank``.
+
+    A ``lora_rank`` kick raises ``lm_lora_rank``; the DeepSpeed trainer resumes a checkpoint of
+    the smaller rank by growing its adapter (the function stays the same). It is permanent, and
+    a rollback by restart cannot shrink the adapter of the latest checkpoint back.
 
     Only kinds that are a hyperparameter (``RESTART_KINDS``) have a config equivalent; gradient
     transforms and an lr cycle act inside the step and need the live channel. A kick whose key
@@ -311,6 +323,14 @@ def config_change(kick: Kick, config: Mapping[str, Any]) -> dict[str, Any]:
             )
         return float(value)
 
+    if kick.kind == LORA_RANK:
+        rank = config.get(LORA_RANK_KEY)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+            raise ValueError(
+                f"a lora_rank kick needs a model with a LoRA adapter: the trial's config has "
+                f"{LORA_RANK_KEY}={rank!r}, not an int > 0"
+            )
+        return {LORA_RANK_KEY: kick.rank_after(rank)}
     if kick.kind == LR_MULTIPLY:
         return {"lr": current("lr") * params["factor"]}
     if kick.kind == WEIGHT_DECAY:

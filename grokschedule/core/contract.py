@@ -31,6 +31,10 @@ KICKS_ACTIVE = "control/kicks_active"
 NOT_APPLIED_ID = "control/not_applied_id"  # the last kick the trainer lacks the means to apply
 GRAD_TRANSFORMS = "control/grad_transforms"  # 0: the trainer cannot transform gradients (ZeRO)
 CONTROL_WEIGHT_DECAY = "control/weight_decay"  # the weight decay in force (kicks skip decay at 0)
+# The LoRA adapter's rank in force, and the largest its adapted layers allow (min(in, out)):
+# a lora_rank kick goes only to a trial with an adapter, and never past either limit.
+CONTROL_LORA_RANK = "control/lora_rank"
+CONTROL_LORA_RANK_LIMIT = "control/lora_rank_limit"
 
 # Signals the phase detector adds to every decision (the scheduler logs them as
 # ``scheduler/<name>``): the train-loss spikes after memorization that came back down, Adam's

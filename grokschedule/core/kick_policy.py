@@ -33,6 +33,12 @@ The trainer acknowledges commands in its metrics (``control/acked_id``,
 scheduler fills it from the trial's config when the trainer does not report it): a weight-decay
 kick multiplies it, so a trial at weight decay 0 never gets one, nor one whose weight decay the
 kick would take above ``KickConfig.max_weight_decay`` (the raise is for runs with too little).
+Likewise ``control/lora_rank``, the rank of the trial's LoRA adapter (reported by the DeepSpeed
+trainer, else read from ``lm_lora_rank`` in its config), and ``control/lora_rank_limit``, the
+largest rank its adapted layers allow: a ``lora_rank`` kick goes only to a trial with an adapter,
+and only while the grown rank stays within ``KickConfig.max_lora_rank`` and that limit. A trial
+with no adapter (every MLP or modular trial) never gets one, so its kicks are what they would be
+without the kind.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ import numpy as np
 from grokschedule.core.contract import (
     ACKED_ID,
     APPLIED_STEP,
+    CONTROL_LORA_RANK,
+    CONTROL_LORA_RANK_LIMIT,
     CONTROL_WEIGHT_DECAY,
     GRAD_TRANSFORMS,
     NOT_APPLIED_ID,
@@ -55,6 +63,7 @@ from grokschedule.core.kicks import GRAD_TRANSFORMS as GRAD_TRANSFORM_KINDS
 from grokschedule.core.kicks import (
     GROKFAST,
     KINDS,
+    LORA_RANK,
     LR_CYCLE,
     LR_MULTIPLY,
     ORTHO_GRAD,
@@ -70,12 +79,14 @@ from grokschedule.core.kicks import (
 # only with it; at strong decay it lost a run, so it is not first there), and a raise helps only
 # weak decay (``max_weight_decay`` 1 keeps it there: raised past 1 it made runs forget and lost
 # some). Grokfast sped up none and slowed strong-decay runs (0.8×), so it is no longer a default
-# (``"grokfast"`` still names its template).
+# (``"grokfast"`` still names its template). The LoRA rank × 4 (8 → 32) is for trials with an
+# adapter only (module docstring); the kick table's MLP runs have none, so it is not in it.
 DEFAULT_KICKS: tuple[Kick, ...] = (
     Kick(LR_CYCLE, {"peak": 10.0}, duration_steps=400),
     Kick(LR_MULTIPLY, {"factor": 3.0}, duration_steps=300),
     Kick(ORTHO_GRAD, duration_steps=250),
     Kick(WEIGHT_DECAY, {"factor": 3.0}, duration_steps=600),
+    Kick(LORA_RANK, {"factor": 4.0}),
 )
 # Templates by name for ``KickConfig.from_user``: the defaults and Grokfast-EMA.
 TEMPLATES: dict[str, Kick] = {k.kind: k for k in DEFAULT_KICKS} | {
@@ -131,8 +142,12 @@ class FirstKick:
 # The table's per-band winners: weak decay (< 0.5) ⊥Grad, strong decay the lr cycle; with the
 # weight decay unknown, a rising weight norm (weak decay's sign in the table) picks ⊥Grad.
 # Neither winner changed with the plateau's age (kicked at 1× or 4× the memorization step), so
-# no rule uses ``min_age``.
+# no rule uses ``min_age``. A trial with a LoRA adapter that can grow gets the rank first: the one
+# kick that leaves the function as it is (nothing to forget) and the LLM fine-tuner's remedy for
+# a rank too small. Not measured in the kick table (MLPs only); a trial without an adapter skips
+# the kind, and with it this rule, so the table's picks are unchanged.
 DEFAULT_FIRST: tuple[FirstKick, ...] = (
+    FirstKick(LORA_RANK),
     FirstKick(ORTHO_GRAD, max_weight_decay=0.5),
     FirstKick(LR_CYCLE, min_weight_decay=0.5),
     FirstKick(ORTHO_GRAD, norm="rising"),
@@ -152,6 +167,7 @@ class KickConfig:
     rollback_recovery: float = 2.0
     seed: int = 0
     max_weight_decay: float | None = 1.0  # no weight-decay kick beyond it (None: no limit)
+    max_lora_rank: int = 64  # no lora_rank kick to a rank above it
     first: tuple[FirstKick, ...] = DEFAULT_FIRST  # which kind first, by what is known of a trial
     norm_window: float = 200  # steps the weight-norm trend is measured over
     norm_rise: float = 0.01  # a log-norm rise above this over the window is "rising"
@@ -172,6 +188,9 @@ class KickConfig:
             raise ValueError(f"kick_at must be in (0, 1) (share of patience), got {self.kick_at}")
         if self.max_weight_decay is not None and not self.max_weight_decay > 0:
             raise ValueError(f"max_weight_decay must be > 0 or None, got {self.max_weight_decay}")
+        rank = self.max_lora_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"max_lora_rank must be an int >= 1, got {rank!r}")
         for name in ("cooldown", "rollback_margin", "rollback_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -251,6 +270,8 @@ class TrialKicks:
     worse_peak: float = math.nan  # the highest train loss since then
     last_kick_step: float | None = None
     weight_decay: float | None = None  # the trial's current value, when known
+    lora_rank: int | None = None  # its LoRA adapter's rank; None: no adapter (or not known)
+    lora_rank_limit: int | None = None  # the largest rank its adapted layers allow, when known
     unavailable: set[str] = field(default_factory=set)  # kinds its trainable cannot carry out
     norms: list[tuple[float, float]] = field(default_factory=list)  # (step, weight_norm)
     ready_since: float | None = None  # first step it was due a kick while the probe ran
@@ -288,6 +309,10 @@ class KickPolicy:
                 t.norms.pop(0)
         if CONTROL_WEIGHT_DECAY in control:
             t.weight_decay = float(control[CONTROL_WEIGHT_DECAY])
+        if CONTROL_LORA_RANK in control:
+            t.lora_rank = int(control[CONTROL_LORA_RANK])
+        if CONTROL_LORA_RANK_LIMIT in control:
+            t.lora_rank_limit = int(control[CONTROL_LORA_RANK_LIMIT])
         if control.get(GRAD_TRANSFORMS) == 0:  # e.g. a ZeRO engine: none of them can work
             t.unavailable.update(GRAD_TRANSFORM_KINDS)
         not_applied = int(control.get(NOT_APPLIED_ID, -1))
@@ -335,6 +360,8 @@ class KickPolicy:
         skip = t.harmful | t.unavailable | {kick.kind for _, kick, _ in t.applied}
         if t.weight_decay is not None and not self._weight_decay_kick_helps(t.weight_decay):
             skip.add(WEIGHT_DECAY)
+        if not self._lora_rank_can_grow(t):
+            skip.add(LORA_RANK)
         candidates = [k for k in self.config.kicks if k.kind not in skip]
         if not candidates or self._waits_for_probe(trial_id, step):
             return None
@@ -360,6 +387,8 @@ class KickPolicy:
             why = "untried"
             if kick.kind in ruled:
                 why += f", first for {self._context(t.weight_decay, trend, plateau_age)}"
+                if kick.kind == LORA_RANK:
+                    why += f", LoRA rank {t.lora_rank} → {kick.rank_after(t.lora_rank or 0)}"
             if kick is not untried[0]:
                 why += f", spread from {untried[0].kind} (in flight)"
         else:
@@ -418,6 +447,16 @@ class KickPolicy:
             return weight_decay != 0
         cap = self.config.max_weight_decay
         return cap is None or weight_decay * template.wd_factor() <= cap * (1 + 1e-9)
+
+    def _lora_rank_can_grow(self, t: TrialKicks) -> bool:
+        """A trial with a LoRA adapter whose grown rank stays within ``max_lora_rank`` and the
+        rank its layers allow."""
+        template = next((k for k in self.config.kicks if k.kind == LORA_RANK), None)
+        if t.lora_rank is None or t.lora_rank < 1 or template is None:
+            return False
+        grown = template.rank_after(t.lora_rank)
+        limit = t.lora_rank_limit
+        return grown <= self.config.max_lora_rank and (limit is None or grown <= limit)
 
     def not_applied(self, trial_id: str, command_id: int) -> Kick:
         """The trial's trainable cannot carry out posted kick ``command_id`` (e.g. a gradient

@@ -21,6 +21,12 @@ Kinds (``duration_steps`` counts optimizer steps; ``None`` keeps the kick for th
   Lee et al. 2024, arXiv 2405.20233).
 - ``ortho_grad``: ⊥Grad, each gradient projected orthogonal to its parameter so it cannot just
   scale the weights up toward softmax collapse (Prieto et al. 2025, arXiv 2501.04697).
+- ``lora_rank``: the LoRA adapter's rank × ``factor`` (an integer >= 2, default 4: 8 → 32), alpha
+  kept at 2 × rank. LM runs with an adapter only (``lm_lora_rank``): a rank too small to hold
+  the general solution is the LoRA-specific cause of a plateau. Permanent (``duration_steps``
+  must be None): the grown adapter starts as the old one padded with zeros, so the model
+  computes the same function, while shrinking it back would throw away what the new rank
+  learned; a rollback undoes it instead.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ WEIGHT_DECAY = "weight_decay"
 GRAD_NOISE = "grad_noise"
 GROKFAST = "grokfast"
 ORTHO_GRAD = "ortho_grad"
+LORA_RANK = "lora_rank"
 KINDS = (
     LR_MULTIPLY,
     LR_CYCLE,
@@ -47,6 +54,7 @@ KINDS = (
     GRAD_NOISE,
     GROKFAST,
     ORTHO_GRAD,
+    LORA_RANK,
 )
 # Kinds that rewrite lr or weight decay (or swap the optimizer that holds them).
 HYPERPARAM_KINDS = frozenset({LR_MULTIPLY, LR_CYCLE, BATCH_SIZE, SGD_SWITCH, WEIGHT_DECAY})
@@ -81,9 +89,12 @@ _SPECS: dict[str, dict[str, _Param]] = {
         "lamb": _Param(2.0, lambda v: v > 0, "> 0"),
     },
     ORTHO_GRAD: {},
+    LORA_RANK: {"factor": _Param(4.0, lambda v: v >= 2 and v == int(v), "an integer >= 2")},
 }
 # A cycle needs a length and the SGD window must end, or AdamW would never come back.
 _NEEDS_DURATION = frozenset({LR_CYCLE, SGD_SWITCH})
+# A grown adapter cannot shrink back without changing the function (module docstring).
+_PERMANENT = frozenset({LORA_RANK})
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,11 @@ class Kick:
         # A private copy: the caller's dict can neither change nor bypass the validated one.
         object.__setattr__(self, "params", params)
         duration = self.duration_steps
+        if duration is not None and self.kind in _PERMANENT:
+            raise ValueError(
+                f"duration_steps must be None for {self.kind} (permanent: shrinking the grown "
+                f"adapter back would change the function), got {duration!r}"
+            )
         if duration is None:
             if self.kind in _NEEDS_DURATION:
                 raise ValueError(f"duration_steps is required for {self.kind}: an int > 0")
@@ -151,6 +167,10 @@ class Kick:
     def wd_factor(self) -> float:
         """What this kick multiplies the base weight decay by."""
         return self.params["factor"] if self.kind == WEIGHT_DECAY else 1.0
+
+    def rank_after(self, rank: int) -> int:
+        """The LoRA rank this kick leaves an adapter of ``rank`` with."""
+        return rank * int(self.params["factor"]) if self.kind == LORA_RANK else rank
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; ``Kick.from_dict`` inverts it exactly."""

@@ -40,6 +40,7 @@ from grokschedule.core.decision import Decision, DecisionKind
 from grokschedule.core.kick_policy import KickConfig
 from grokschedule.core.kicks import (
     GRAD_TRANSFORMS,
+    LORA_RANK,
     LR_CYCLE,
     LR_MULTIPLY,
     SGD_SWITCH,
@@ -101,7 +102,21 @@ class GrokSettings:
         self.hint = hint
         self.max_t = max_t
         kicks = KickConfig.from_user(interventions)
+        # The default kicks hold lora_rank, which the policy gives only to a trial that reports
+        # a LoRA rank; a callback reports none, so only a lora_rank the user names is refused.
+        defaults = interventions is True or (
+            isinstance(interventions, Mapping) and "kicks" not in interventions
+        )
         for kick in kicks.kicks if kicks else ():
+            if kick.kind == LORA_RANK and defaults:
+                continue
+            if kick.kind == LORA_RANK:
+                raise ValueError(
+                    "interventions: a lora_rank kick cannot be carried out by a trainer callback: "
+                    "it rebuilds the model and its optimizer around a larger LoRA adapter, which "
+                    "the trainer owns; use the DeepSpeed trainer's LM task (lm_lora_rank) with "
+                    f"GrokScheduler, or other kinds: {list(LIVE_KINDS)}"
+                )
             if kick.kind not in LIVE_KINDS:
                 raise ValueError(
                     f"interventions: a {kick.kind} kick cannot be carried out by a trainer "

@@ -39,6 +39,7 @@ from grokschedule.core.kicks import (
     GRAD_TRANSFORMS,
     GROKFAST,
     HYPERPARAM_KINDS,
+    LORA_RANK,
     ORTHO_GRAD,
     SGD_SWITCH,
     ActiveKick,
@@ -169,7 +170,14 @@ class KickApplier:
 
         A kick of a kind already in force replaces it from ``step`` on; what it carries (a
         Grokfast EMA, the noise RNG) carries over, and ``base`` stays what it was before either.
+        A ``lora_rank`` kick is refused: it changes the model, not the optimizer.
         """
+        if kick.kind == LORA_RANK:
+            raise ValueError(
+                "lora_rank needs a model with a LoRA adapter that the trainer can rebuild at a "
+                "larger rank (the DeepSpeed trainer's LM task, lm_lora_rank); this trainer "
+                "applies kicks to its optimizer in place and cannot"
+            )
         before = self._snapshot()
         if kick.kind in HYPERPARAM_KINDS and self._base is None:
             self._base = read_hyperparams(self._home)

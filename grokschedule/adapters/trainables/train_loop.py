@@ -10,6 +10,8 @@ manifest; on resume the ranks agree on the newest checkpoint that all of them ve
 With the live control channel (``ChannelCommands``, config ``control=True`` under Tune) every
 report carries the ``control/*`` acknowledgements the scheduler reads, and the first report after
 a command carries a checkpoint, so the rollback point taken before a kick survives a restart.
+A run with a LoRA adapter reports its rank in force (``control/lora_rank``, grown by a lora_rank
+kick) and the largest its layers allow (``control/lora_rank_limit``), on either path.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 from grokschedule.adapters.control_channel import ControlClient
 from grokschedule.core.commands import SweepKey
+from grokschedule.core.contract import CONTROL_LORA_RANK, CONTROL_LORA_RANK_LIMIT
 from grokschedule.training.checkpoints import load_agreed
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
@@ -117,6 +120,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             torch.cuda.synchronize()  # count the kernels queued so far, not just their launch
         tokens_per_s = examples * run.task.tokens_per_example / (time.perf_counter() - started)
         metrics = {**report_metrics(run), "tokens_per_s": tokens_per_s}
+        if run.adapter_rank is not None:  # the kick policy grows a LoRA rank only within these
+            metrics[CONTROL_LORA_RANK] = run.adapter_rank
+            metrics[CONTROL_LORA_RANK_LIMIT] = run.adapter_rank_limit
         if isinstance(source, ChannelCommands):  # rank 0 polls: its count is the one reported
             metrics.update(run.control_metrics())
             metrics.update(source.client.metrics())

@@ -629,6 +629,17 @@ def check_task(config: TrainerConfig, task: Task) -> None:
         check_adapter_ranks(model, f"{prefix}lora_rank")
 
 
+def adapter_rank_limit(model: nn.Module) -> int | None:
+    """The largest LoRA rank every adapted linear layer of ``model`` allows (``min(in, out)``
+    of the narrowest), or None without an adapter; a lora_rank kick must stay within it."""
+    sizes = []
+    for module in model.modules():
+        ranks, base = getattr(module, "r", None), getattr(module, "base_layer", None)
+        if isinstance(ranks, Mapping) and hasattr(base, "in_features"):
+            sizes.append(min(base.in_features, base.out_features))
+    return min(sizes) if sizes else None
+
+
 def check_adapter_ranks(model: nn.Module, what: str = "LoRA rank") -> None:
     """``ValueError`` if a LoRA adapter's rank exceeds ``min(in, out)`` of the linear layer it
     adapts: past that the update ``B @ A`` has no more rank to gain, only more parameters."""

@@ -20,13 +20,21 @@ Kicks (``grokschedule.core.kicks``) on a DeepSpeed engine, and why each is done 
   engine's weights with ``load_module_only=True``, which re-derives the fp32 master from them.
   Under bf16/fp16 the master is rounded to the training dtype at each switch. No checkpoint is
   taken inside the window: resuming it would need the home state too.
+- ``lora_rank``: the engine is rebuilt around the task at rank × factor, its adapter loaded with
+  the old factors padded with zeros (``LMTask.load_grown``), so the loss is what it was; the
+  optimizer starts afresh for the new shapes. ZeRO-0/1/2 only (the weights must be whole), not
+  inside an sgd_switch window. Permanent, and not a kick in force (``control/kicks_active``
+  leaves it out): the adapter's rank is the state, saved as ``adapter_rank``, so a restart
+  rebuilds at the grown rank. A configured rank above a checkpoint's (a kick by restart,
+  ``lm_lora_rank`` × factor) grows the restored adapter; a smaller one cannot shrink it.
 - gradient transforms (``grad_noise``, ``grokfast``, ``ortho_grad``) are refused: ZeRO reduces and
   partitions gradients inside ``backward``, so there is no whole gradient to transform.
 
 Commands from the live control channel (``grokschedule.core.commands.Command``) carry ids and
 are acknowledged in ``control``. Before a channel kick the run saves a rollback point — a DeepSpeed
 checkpoint in node-local scratch plus the kicks in force — and a ``rollback`` command loads it
-into a freshly built engine (the optimizer in force at the point, its moments included). As in
+into a freshly built engine (the optimizer in force at the point, its moments included; the
+adapter at the point's rank, so a rollback undoes a ``lora_rank`` kick). As in
 the modular trainer the step counter is not rolled back (Tune's time attribute must stay
 monotone); the windows of the restored kicks move by the steps rolled back. A pending rollback
 point is copied into every checkpoint, so it survives a worker restart.
@@ -68,6 +76,7 @@ from grokschedule.core.contract import GRAD_TRANSFORMS
 from grokschedule.core.kicks import (
     BATCH_SIZE,
     HYPERPARAM_KINDS,
+    LORA_RANK,
     SGD_SWITCH,
     ActiveKick,
     Kick,
@@ -77,6 +86,7 @@ from grokschedule.core.kicks import (
 from grokschedule.training.checkpoints import load_tensors, seal_rank
 from grokschedule.training.deepspeed.config import (
     TrainerConfig,
+    adapter_rank_limit,
     check_adapter_ranks,
     check_fits,
     deepspeed_config,
@@ -91,7 +101,8 @@ logger = logging.getLogger(__name__)
 TAG = "checkpoint"  # DeepSpeed tag inside every checkpoint directory
 ROLLBACK_TAG = "rollback"  # the rollback point's tag, and its directory inside a checkpoint
 STATE_FILE = "trainer_state.json"
-ENGINE_KINDS = HYPERPARAM_KINDS  # the kicks a DeepSpeed engine can take; see module docstring
+# The kicks a DeepSpeed engine can take; see the module docstring.
+ENGINE_KINDS = HYPERPARAM_KINDS | {LORA_RANK}
 # What DeepSpeed 0.19.8 pickles into ZeRO optimizer states besides tensors: the first, third and
 # fourth found with torch.serialization.get_unsafe_globals_in_checkpoint on stages 0-3, fp32 and
 # bf16, AdamW and SGD (CPU); DynamicLossScaler is fp16's loss scaler in LossScaler's place (its
@@ -374,16 +385,17 @@ class DeepSpeedRun:
                 f"({self.control.acked_id}); ids must grow per trial"
             )
         record, rollbacks = None, self.control.rollbacks
-        if command.type == KICK and command.kick is not None and not self.can_apply(command.kick):
-            logger.warning(
-                "command %d: kick %r cannot be applied to a DeepSpeed engine (supported: %s); "
-                "acknowledged as not applied (control/not_applied_id)",
-                command.id, command.kick.kind, sorted(ENGINE_KINDS),
-            )  # fmt: skip
-            self.control = replace(self.control, acked_id=command.id, not_applied_id=command.id)
-            return None
         if command.type == KICK:
             assert command.kick is not None  # Command guarantees it for kicks
+            try:
+                self._check_kick(command.kick)  # a refused kick leaves the last point in place
+            except ValueError as refused:  # a kind or size this engine cannot take
+                logger.warning(
+                    "command %d acknowledged as not applied (control/not_applied_id): %s",
+                    command.id, refused,
+                )  # fmt: skip
+                self.control = replace(self.control, acked_id=command.id, not_applied_id=command.id)
+                return None
             self._take_rollback_point()
             record = self.apply_kick(command.kick)
         else:
@@ -399,19 +411,11 @@ class DeepSpeedRun:
         gradient-transform kicks, so the kick policy does not send them."""
         return {**self.control.metrics(len(self.active)), GRAD_TRANSFORMS: 0}
 
-    @staticmethod
-    def can_apply(kick: Kick) -> bool:
-        """Whether this engine can carry out ``kick``'s kind (gradient transforms cannot be:
-        ZeRO reduces and partitions gradients inside ``backward``)."""
-        return kick.kind in ENGINE_KINDS
-
     def rollback(self) -> None:
         """Return to the rollback point taken before the latest channel kick (module docstring)."""
         point = self._rollback
         if point is None:
             raise ValueError("rollback: no kick since the last rollback to undo")
-        if point.state["adapter_rank"] != getattr(self.task, "adapter_rank", None):
-            raise ValueError("rollback: the LoRA rank changed since the kick; cannot restore")
         gap = self.step - int(point.state["step"])
         self._release_engine()
         if self._switch_dir not in (None, point.switch_dir):
@@ -422,6 +426,8 @@ class DeepSpeedRun:
             for entry in point.state["active"]
             for kick in [Kick.from_dict(entry["kick"])]
         }
+        if point.state["adapter_rank"] != self.adapter_rank:  # a lora_rank kick since the point
+            self.task = self.task.with_adapter_rank(int(point.state["adapter_rank"]))  # type: ignore[attr-defined]
         self.engine = self._build_engine(self.optimizer_name, self._model())
         self.engine.load_checkpoint(str(point.directory), ROLLBACK_TAG)
         self._sync_accumulation()
@@ -453,12 +459,12 @@ class DeepSpeedRun:
 
         A kick of a kind already in force replaces it from now on.
         """
-        if kick.kind not in ENGINE_KINDS:
-            raise ValueError(
-                f"kick {kick.kind!r} cannot be applied to a DeepSpeed engine: ZeRO reduces and "
-                f"partitions gradients inside backward; supported: {sorted(ENGINE_KINDS)}"
-            )
+        self._check_kick(kick)
         before = self._snapshot()
+        if kick.kind == LORA_RANK:  # permanent, and the rank is the state: not in ``active``
+            assert self.adapter_rank is not None  # _check_kick refuses a model without one
+            self.set_adapter_rank(kick.rank_after(self.adapter_rank), "lora_rank kick: rank")
+            return KickRecord(self.step, "apply", kick, value_changes(before, self._snapshot()))
         switching = kick.kind == SGD_SWITCH and SGD_SWITCH not in self.active
         if switching:
             self._rebuild_from_checkpoint("sgd")
@@ -468,6 +474,41 @@ class DeepSpeedRun:
         self._sync_accumulation()
         self._write_hyperparams()
         return KickRecord(self.step, "apply", kick, value_changes(before, self._snapshot()))
+
+    def _check_kick(self, kick: Kick) -> None:
+        """``ValueError`` for a kick this engine cannot take, before anything is saved or
+        released."""
+        if kick.kind not in ENGINE_KINDS:
+            raise ValueError(
+                f"kick {kick.kind!r} cannot be applied to a DeepSpeed engine: ZeRO reduces and "
+                f"partitions gradients inside backward; supported: {sorted(ENGINE_KINDS)}"
+            )
+        if kick.kind != LORA_RANK:
+            return
+        rank = self.adapter_rank
+        if rank is None:
+            raise ValueError(
+                f"lora_rank needs a model with a LoRA adapter; task {self.task.name!r} has none "
+                "(set lm_lora_rank)"
+            )
+        grown, limit = kick.rank_after(rank), self.adapter_rank_limit
+        if limit is not None and grown > limit:
+            raise ValueError(
+                f"lora_rank kick: rank {rank} × {kick.params['factor']:g} = {grown} is larger than "
+                f"the narrowest layer the adapter adapts allows (min(in, out) = {limit})"
+            )
+        self._check_rank_change(grown, "lora_rank kick")
+
+    def _check_rank_change(self, rank: int, what: str) -> None:
+        if not hasattr(self.task, "with_adapter_rank"):
+            raise ValueError(f"task {self.task.name!r} has no adapter whose rank could change")
+        if self.config.zero_stage == 3:
+            raise ValueError(f"{what}: raising the LoRA rank needs whole weights: zero_stage <= 2")
+        if SGD_SWITCH in self.active:
+            raise ValueError(f"{what}: cannot change the adapter rank inside an sgd_switch window")
+        current = self.adapter_rank
+        if current is not None and rank < current:
+            raise ValueError(f"{what}: the LoRA rank can only grow, {current} → {rank}")
 
     def after_step(self) -> list[KickRecord]:
         """Call after each ``train_step``: reverts kicks whose window ended and writes the
@@ -487,21 +528,27 @@ class DeepSpeedRun:
         self._write_hyperparams()
         return records
 
-    def set_adapter_rank(self, rank: int) -> None:
+    @property
+    def adapter_rank(self) -> int | None:
+        """The LoRA adapter's rank in force; None without an adapter."""
+        return getattr(self.task, "adapter_rank", None)
+
+    @property
+    def adapter_rank_limit(self) -> int | None:
+        """The largest rank the adapted layers allow (``min(in, out)`` of the narrowest)."""
+        return adapter_rank_limit(self.engine.module)
+
+    def set_adapter_rank(self, rank: int, what: str = "SetAdapterRank rank") -> None:
         """Rebuild with a LoRA adapter of rank ``rank``, keeping the function the model computes
-        (the task pads the adapter with zeros); the optimizer starts afresh for the new shapes."""
-        if not hasattr(self.task, "with_adapter_rank"):
-            raise ValueError(f"task {self.task.name!r} has no adapter whose rank could change")
-        if self.config.zero_stage == 3:
-            raise ValueError("raising the LoRA rank needs whole weights: zero_stage <= 2")
-        if SGD_SWITCH in self.active:
-            raise ValueError("cannot change the adapter rank inside an sgd_switch window")
+        (the task pads the adapter with zeros); the optimizer starts afresh for the new shapes.
+        ``ValueError`` (``what`` names the request) before the running engine is touched."""
+        self._check_rank_change(rank, what)
         old_state = {
             k: v.detach().float().cpu() for k, v in self.engine.module.state_dict().items()
         }
         task = self.task.with_adapter_rank(rank)
         model = task.build_model()
-        check_adapter_ranks(model, "SetAdapterRank rank")  # before the running engine goes
+        check_adapter_ranks(model, what)  # before the running engine goes
         task.load_grown(model, old_state)
         self._release_engine()
         self.task = task
@@ -558,6 +605,7 @@ class DeepSpeedRun:
             "weight_decay": tuple(wd for _, wd in hyperparams),
             "accumulation_steps": self.engine.gradient_accumulation_steps(),
             "batch_size": self.batch_size,
+            "lora_rank": self.adapter_rank,
         }
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -595,7 +643,7 @@ class DeepSpeedRun:
         return {
             "step": self.step,
             "active": [{"kick": a.kick.to_dict(), "start": a.start} for a in self.active.values()],
-            "adapter_rank": getattr(self.task, "adapter_rank", None),
+            "adapter_rank": self.adapter_rank,
         }
 
     def state(self) -> dict[str, Any]:
@@ -608,10 +656,14 @@ class DeepSpeedRun:
     def restore(
         cls, config: TrainerConfig, task: Task, device: torch.device, directory: Path
     ) -> DeepSpeedRun:
-        """The run saved in ``directory`` by ``save``, on a freshly built engine."""
+        """The run saved in ``directory`` by ``save``, on a freshly built engine, at the saved
+        LoRA rank, grown to ``task``'s where that is larger (a lora_rank kick by restart)."""
         state = json.loads((directory / STATE_FILE).read_text())
         run = cls(config, task, device, state)
         run.engine.load_checkpoint(str(directory), TAG)
+        configured, saved = getattr(task, "adapter_rank", None), run.adapter_rank
+        if configured is not None and saved is not None and configured > saved:
+            run.set_adapter_rank(configured, "lm_lora_rank")
         run._write_hyperparams()
         if state.get("rollback") is not None:  # a kick's rollback point: back into scratch
             scratch = run._scratch_dir("rollback")

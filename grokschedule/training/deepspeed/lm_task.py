@@ -185,11 +185,13 @@ class LMTask:
         return self.config.lora_rank
 
     def with_adapter_rank(self, rank: int) -> LMTask:
-        """The same task and data with a LoRA adapter of ``rank`` (``load_grown`` fills it)."""
+        """The same task and data with a LoRA adapter of ``rank``: larger to grow it
+        (``load_grown`` fills it), or smaller to rebuild a checkpoint or rollback point taken at
+        that rank (the engine loads it); the function is kept only by growing."""
         if self.config.lora_rank is None:
             raise ValueError("the model has no LoRA adapter (lora_rank is None) to grow")
-        if rank < self.config.lora_rank:
-            raise ValueError(f"rank can only grow: {self.config.lora_rank} → {rank}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+            raise ValueError(f"rank must be an int > 0, got {rank!r}")
         return LMTask(replace(self.config, lora_rank=rank), self.activation_checkpointing)
 
     def build_model(self) -> nn.Module:

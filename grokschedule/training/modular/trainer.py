@@ -184,8 +184,9 @@ class ModularTrainer:
         record = None
         if parsed.type == KICK:
             assert parsed.kick is not None  # Command guarantees it for kicks
-            self._rollback = copy.deepcopy(self._step_state())
-            record = self.applier.apply(parsed.kick, self.step)
+            point = copy.deepcopy(self._step_state())
+            record = self.applier.apply(parsed.kick, self.step)  # a refused kick keeps the old
+            self._rollback = point
         else:
             if self._rollback is None:
                 raise ValueError(
