@@ -163,8 +163,11 @@ def test_kicks_that_need_whole_gradients_are_refused(process_group: None) -> Non
     with pytest.raises(ValueError, match="'grokfast' cannot be applied to a DeepSpeed engine"):
         run.apply_kick(Kick("grokfast"))
     with pytest.raises(ValueError, match="lora_rank needs a model with a LoRA adapter; task 'mod"):
-        run.apply(ChannelCommand(0, "kick", Kick("lora_rank")))
-    assert run.control == ControlState() and run.adapter_rank is None
+        run.apply_kick(Kick("lora_rank"))
+    # From the channel the same refusal is an acknowledgement, not a failed trial.
+    assert run.apply(ChannelCommand(0, "kick", Kick("lora_rank"))) is None
+    assert run.control == ControlState(acked_id=0, not_applied_id=0)
+    assert run.adapter_rank is None and run._rollback is None
 
 
 def test_a_model_that_does_not_fit_fails_before_initialize(process_group: None) -> None:
@@ -246,7 +249,7 @@ def test_lora_rank_kick_through_the_channel_keeps_the_loss_and_rolls_back_exactl
 
     too_big = Kick("lora_rank", {"factor": 8})
     with pytest.raises(ValueError, match=r"rank 8 × 8 = 64 is larger .*\(min\(in, out\) = 32\)"):
-        run.apply(ChannelCommand(0, "kick", too_big))
+        run.apply_kick(too_big)
     assert run.control == ControlState() and run.adapter_rank == 8  # refused before any change
 
     record = run.apply(ChannelCommand(0, "kick", Kick("lora_rank")))
