@@ -4,7 +4,12 @@ Needs the optional extra (``transformers``, ``peft``); nothing is downloaded. Th
 Llama built from a config in code, the tokenizer a character vocabulary written here, and the
 data the strings ``"a+b=c"`` with ``c = (a + b) mod p`` — the grokking task as text, so a
 language model can show the same memorize-then-generalize curve. Validation holds out pairs;
-the probe set asks for three operands, ``"a+b+c="``, a composition never seen in training.
+the probe set asks for three operands, ``"a+b+c="``, a composition never seen in training
+(harder: the model must chain two additions it only ever saw one at a time). Both are built by
+``grokschedule.training.probe_sets.build_probe_sets``.
+
+``lm_experts`` swaps the Llama for a tiny Mixtral-style mixture of experts (top-2 routing), whose
+router choices the trainer's probes read as routing pathways (``router_choices``).
 
 An optional LoRA adapter (``lora_rank``) trains only low-rank updates of every linear layer.
 ``with_adapter_rank`` + ``load_grown`` raise its rank on a plateau (e.g. 8 → 32) without changing
@@ -23,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from grokschedule.training.deepspeed.task import ExampleStats, Split
+from grokschedule.training.probe_sets import build_probe_sets
 
 PAD, BOS, EOS = 0, 1, 2
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]  # LoRA targets of the MoE model
 CHARS = "0123456789+="
 IGNORE = -100
 
@@ -54,6 +61,7 @@ class LMTaskConfig:
     layers: int = 2
     heads: int = 4
     lora_rank: int | None = None  # None: full fine-tuning
+    experts: int | None = None  # None: a dense Llama; else a Mixtral-style MoE with this many
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +73,8 @@ class LMTaskConfig:
             raise ValueError(f"lm_hidden {self.hidden} must be divisible by lm_heads {self.heads}")
         if self.lora_rank is not None and self.lora_rank <= 0:
             raise ValueError(f"lora_rank must be > 0 or None, got {self.lora_rank}")
+        if self.experts is not None and not (isinstance(self.experts, int) and self.experts >= 2):
+            raise ValueError(f"lm_experts must be an int >= 2 or None, got {self.experts!r}")
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> LMTaskConfig:
@@ -101,19 +111,23 @@ class LMTask:
         self.activation_checkpointing = activation_checkpointing
         self.tokenizer = CharTokenizer()
         p = config.p
-        pairs = [(a, b) for a in range(p) for b in range(p)]
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))
-        n_train = max(1, round(config.train_fraction * len(pairs)))
-        as_text = [(f"{a}+{b}=", str((a + b) % p)) for a, b in (pairs[i] for i in order)]
+        pairs = [(f"{a}+{b}=", str((a + b) % p)) for a in range(p) for b in range(p)]
         rng = torch.Generator().manual_seed(config.seed + 1)
         triples = torch.randint(p, (256, 3), generator=rng).tolist()
         probe = [(f"{a}+{b}+{c}=", str((a + b + c) % p)) for a, b, c in triples]
+        sets = build_probe_sets(
+            pairs + probe,
+            harder=lambda example: example[0].count("+") > 1,  # more operands than trained on
+            val_fraction=1.0 - config.train_fraction,
+            seed=config.seed,
+        )
+        self.probe_set_sizes = sets.report
         digits = len(str(p - 1))
         self.length = 1 + (3 * digits + 3) + digits + 1  # bos, "a+b+c=", answer, eos
         self.tokens_per_example = self.length
-        self._train = encode_examples(as_text[:n_train], self.length, self.tokenizer)
-        self._val = encode_examples(as_text[n_train:], self.length, self.tokenizer)
-        self._probe = encode_examples(probe, self.length, self.tokenizer)
+        self._train = encode_examples(sets.train, self.length, self.tokenizer)
+        self._val = encode_examples(sets.probe_sets["val"], self.length, self.tokenizer)
+        self._probe = encode_examples(sets.probe_sets["probe"], self.length, self.tokenizer)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any], activation_checkpointing: bool) -> LMTask:
@@ -132,23 +146,30 @@ class LMTask:
         return LMTask(replace(self.config, lora_rank=rank), self.activation_checkpointing)
 
     def build_model(self) -> nn.Module:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
         c = self.config
-        model_config = LlamaConfig(
-            vocab_size=self.tokenizer.vocab_size,
-            hidden_size=c.hidden,
-            intermediate_size=4 * c.hidden,
-            num_hidden_layers=c.layers,
-            num_attention_heads=c.heads,
-            num_key_value_heads=c.heads,
-            max_position_embeddings=self.length,
-            pad_token_id=PAD,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-            tie_word_embeddings=True,
-        )
-        model: nn.Module = LlamaForCausalLM(model_config)
+        shape: dict[str, Any] = {
+            "vocab_size": self.tokenizer.vocab_size,
+            "hidden_size": c.hidden,
+            "intermediate_size": 4 * c.hidden,
+            "num_hidden_layers": c.layers,
+            "num_attention_heads": c.heads,
+            "num_key_value_heads": c.heads,
+            "max_position_embeddings": self.length,
+            "pad_token_id": PAD,
+            "bos_token_id": BOS,
+            "eos_token_id": EOS,
+            "tie_word_embeddings": True,
+        }
+        model: nn.Module
+        if c.experts is None:
+            model = LlamaForCausalLM(LlamaConfig(**shape))
+        else:  # each expert as wide as the dense MLP would be / top-k: the same active width
+            top_k = min(2, c.experts)
+            shape["intermediate_size"] = 4 * c.hidden // top_k
+            moe = MixtralConfig(**shape, num_local_experts=c.experts, num_experts_per_tok=top_k)
+            model = MixtralForCausalLM(moe)
         if self.activation_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -160,7 +181,9 @@ class LMTask:
                 r=c.lora_rank,
                 lora_alpha=2 * c.lora_rank,
                 lora_dropout=0.0,
-                target_modules="all-linear",
+                # A MoE's experts are fused 3-D weights and its router a gate that must stay
+                # sharp: adapt its attention; adapt every linear layer of a dense model.
+                target_modules=ATTENTION if c.experts is not None else "all-linear",
             )
             model = get_peft_model(model, lora)
         return model
@@ -191,7 +214,8 @@ class LMTask:
     def stats(
         self, model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
     ) -> ExampleStats:
-        """Per example: mean token loss over the answer and eos, exact match of all of them."""
+        """Per example: mean token loss over the answer and eos, exact match of all of them; in
+        evaluation (no grad) also the sums the probe-set signals are made of (``ExampleStats``)."""
         logits = model(input_ids=inputs, attention_mask=inputs != PAD).logits.float()
         mask = targets != IGNORE
         tokens = mask.sum(1).clamp(min=1)
@@ -199,9 +223,69 @@ class LMTask:
         loss = (token_loss * mask).sum(1) / tokens
         right = (logits.detach().argmax(-1) == targets) | ~mask
         prob = torch.exp(-token_loss.detach())  # p(target token) = exp(-CE), no softmax needed
-        return ExampleStats(
+        stats = ExampleStats(
             loss=loss,
             correct=right.all(1),
             correct_prob=(prob * mask).sum(1) / tokens,
             zero_loss=loss.detach() == 0,
         )
+        if not torch.is_grad_enabled():  # evaluation: one softmax more, no forward more
+            top = logits.softmax(-1).amax(-1)  # the greedy token's probability
+            stats.token_loss = (token_loss * mask).sum(1)
+            stats.tokens = mask.sum(1)
+            stats.confidence = (top * mask).sum(1) / tokens
+        return stats
+
+    def generate(
+        self, model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
+    ) -> list[list[int]]:
+        """Greedy answers to the prompts of ``inputs`` (their answers blanked), at most as long
+        as the expected answer plus eos, without the eos: one forward per answer token, all
+        examples at once (causal attention: what is right of a position never changes it)."""
+        return greedy_answers(model, inputs, targets)
+
+    def router_choices(
+        self, model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor | None:
+        """For a MoE model, the expert each example's answer-predicting position (the ``=``)
+        was routed to first at each layer, ``(N, layers)``; None for a dense model."""
+        if self.config.experts is None:
+            return None
+        out = model(input_ids=inputs, attention_mask=inputs != PAD, output_router_logits=True)
+        start = answer_starts(targets)
+        rows = torch.arange(len(inputs), device=inputs.device)
+        per_layer = [
+            logits.view(len(inputs), inputs.shape[1], -1)[rows, start].argmax(-1)
+            for logits in out.router_logits
+        ]
+        return torch.stack(per_layer, dim=1)
+
+
+def answer_starts(targets: torch.Tensor) -> torch.Tensor:
+    """Per example, the position whose prediction is the answer's first token."""
+    return (targets != IGNORE).int().argmax(1)
+
+
+def greedy_answers(
+    model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
+) -> list[list[int]]:
+    """See ``LMTask.generate``."""
+    mask = targets != IGNORE
+    start, lengths = answer_starts(targets), mask.sum(1)
+    steps = int(lengths.max()) if len(lengths) else 0
+    positions = torch.arange(inputs.shape[1], device=inputs.device)
+    buffer = inputs.masked_fill(positions[None, :] > start[:, None], PAD)
+    rows = torch.arange(len(inputs), device=inputs.device)
+    generated = torch.full((len(inputs), steps), EOS, dtype=torch.long, device=inputs.device)
+    for k in range(steps):
+        logits = model(input_ids=buffer, attention_mask=buffer != PAD).logits
+        at = (start + k).clamp(max=inputs.shape[1] - 1)
+        token = logits[rows, at].argmax(-1)
+        generated[:, k] = token
+        write = (start + k + 1 < inputs.shape[1]) & (k < lengths)
+        buffer[rows[write], (start + k + 1)[write]] = token[write]
+    answers = []
+    for row, length in zip(generated.tolist(), lengths.tolist(), strict=True):
+        row = row[:length]
+        answers.append(row[: row.index(EOS)] if EOS in row else row)
+    return answers
