@@ -148,3 +148,39 @@ def test_distinct_n_and_layer_groups() -> None:
         "lm_head.weight": "head",
     }
     assert {name: layer_group(name) for name in names} == names
+
+
+def test_greedy_generation_reads_back_what_the_model_predicts() -> None:
+    """With a model that echoes the text it was built from, greedy decoding returns each answer
+    (no eos, no prompt); with one that counts up from its last token, it feeds back what it
+    generated, up to the answer's length."""
+    from types import SimpleNamespace
+
+    from grokschedule.training.deepspeed.lm_task import (
+        CharTokenizer,
+        encode_examples,
+        greedy_answers,
+    )
+
+    tokenizer = CharTokenizer()
+    problems = [("7+9=", "5"), ("12+10=", "22"), ("3+3+3=", "9")]
+    inputs, targets = encode_examples(problems, 12, tokenizer)
+    vocab = tokenizer.vocab_size
+
+    def echo(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        following = torch.roll(inputs, -1, dims=1)  # the true next token at every position
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(following, vocab).float())
+
+    digit = [tokenizer.encode(str(d))[0] for d in range(10)]
+
+    def count_up(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        """After "=" say "0", after digit d say d + 1 (mod 10): reads what it generated."""
+        nxt = torch.full_like(input_ids, digit[0])
+        for d in range(10):
+            nxt[input_ids == digit[d]] = digit[(d + 1) % 10]
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, vocab).float())
+
+    decoded = [tokenizer.decode(a) for a in greedy_answers(echo, inputs, targets)]
+    assert decoded == ["5", "22", "9"]
+    counted = [tokenizer.decode(a) for a in greedy_answers(count_up, inputs, targets)]
+    assert counted == ["01", "012", "01"]  # as long as answer + eos, eos never said
