@@ -14,8 +14,6 @@ first probe, at memorization, at grok and at the end, its minimum, and the first
 normalized entropies fall below ``--threshold`` (0.61, arXiv 2604.13123).
 
     OMP_NUM_THREADS=1 grokschedule bench probes --archs mlp moe --output probes_bench.json
-
-``--task lm`` measures the LM probes on the DeepSpeed trainer instead (``bench.lm_probes``).
 """
 
 from __future__ import annotations
@@ -230,19 +228,8 @@ def probes_bench_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-costs", action="store_true", help="part 2 (runs) only")
     parser.add_argument("--skip-runs", action="store_true", help="part 1 (costs) only")
     parser.add_argument("--output", type=Path, default=Path("probes_bench.json"))
-    parser.add_argument(
-        "--task", choices=("modular", "lm"), default="modular", help="lm: the DeepSpeed LM probes"
-    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.task == "lm":
-        from grokschedule.bench.lm_probes import lm_probe_costs, lm_report
-
-        rows = lm_probe_costs(args.repeats)
-        print(lm_report(rows))
-        args.output.write_text(json.dumps({"lm_costs": rows}, indent=1))
-        print(f"\nwrote {args.output}")
-        return 0
     costs = (
         []
         if args.skip_costs
