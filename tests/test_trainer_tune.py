@@ -173,6 +173,7 @@ def test_channel_commands_reach_every_rank_and_are_acknowledged(local_ray, tmp_p
             "control": True,
             "max_steps": 80,
             "checkpoint_every": 40,
+            "probe_every": 20,  # the scheduled trainer probes, decided by rank 0 for both
             CONTROL_KEY: poster.channel.key,  # what GrokScheduler(interventions=...) adds
         },
         run_config=tune.RunConfig(
@@ -192,3 +193,6 @@ def test_channel_commands_reach_every_rank_and_are_acknowledged(local_ray, tmp_p
     assert rolled["lr"].tolist() == pytest.approx([3e-3] * len(rolled))
     assert (rolled["control/kicks_active"] == 0).all()
     assert list(history.index) == list(range(10, 81, 10))  # steps stay monotone
+    probed = history[history["grok/probe_ms"].notna()]
+    assert 20 in probed.index and (probed["grok/probe_interval"] >= 20).all()
+    assert (probed["grok/group_norm/embeddings"] > 0).all()
