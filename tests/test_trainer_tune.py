@@ -174,6 +174,7 @@ def test_channel_commands_reach_every_rank_and_are_acknowledged(local_ray, tmp_p
             "control": True,
             "max_steps": 80,
             "checkpoint_every": 40,
+            "probe_every": 20,  # the scheduled trainer probes, decided by rank 0 for both
             CONTROL_KEY: poster.channel.key,  # what GrokScheduler(interventions=...) adds
         },
         run_config=tune.RunConfig(
@@ -193,6 +194,9 @@ def test_channel_commands_reach_every_rank_and_are_acknowledged(local_ray, tmp_p
     assert rolled["lr"].tolist() == pytest.approx([3e-3] * len(rolled))
     assert (rolled["control/kicks_active"] == 0).all()
     assert list(history.index) == list(range(10, 81, 10))  # steps stay monotone
+    probed = history[history["grok/probe_ms"].notna()]
+    assert 20 in probed.index and (probed["grok/probe_interval"] >= 20).all()
+    assert (probed["grok/group_norm/embeddings"] > 0).all()
 
 
 def test_a_lora_rank_kick_reaches_the_lm_engine_live_and_its_rollback_restores_the_rank(

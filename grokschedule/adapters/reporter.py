@@ -14,6 +14,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from grokschedule.adapters.scheduler import GrokScheduler
+from grokschedule.core.contract import PROBE_EXACT_MATCH, PROBE_PPL, parse_probe_metric
 from grokschedule.core.decision import Decision
 from grokschedule.core.summary import describe_config
 
@@ -39,6 +40,25 @@ def _eta(decision: Decision | None) -> str:
     return f"{eta / 1000:.1f}k" if eta >= 10_000 else f"{eta:.0f}"
 
 
+PROBE_WIDTH = 40  # at most: the column is as wide as its widest cell
+
+
+def probe_cell(result: dict[str, Any]) -> str:
+    """A language model's probe sets in a few characters: exact-match/perplexity per set,
+    e.g. ``val 0.41/2.3 | probe 0.05/9.1`` ("" when none is reported)."""
+    sets: dict[str, dict[str, float]] = {}
+    for key, value in result.items():
+        parsed = parse_probe_metric(key)
+        if parsed is not None and parsed[1] in (PROBE_EXACT_MATCH, PROBE_PPL):
+            sets.setdefault(parsed[0], {})[parsed[1]] = float(value)
+    parts = []
+    for name, stats in sets.items():
+        em, ppl = stats.get(PROBE_EXACT_MATCH), stats.get(PROBE_PPL)
+        em_text = "-" if em is None else f"{em:.2f}"
+        parts.append(f"{name} {em_text}/{'-' if ppl is None else f'{ppl:.3g}'}")
+    return " | ".join(parts)
+
+
 def _fmt(value: Any, width: int) -> str:
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
     return text[:width].ljust(width)
@@ -47,7 +67,9 @@ def _fmt(value: Any, width: int) -> str:
 class GrokConsoleReporter(Callback):
     """Print each trial's step, train/val metrics, phase, P(grok), ETA and last decision with
     its reason. P(grok) and ETA come from the scheduler's calibrated predictor (``-`` before a
-    trial has memorized, or with ``predictor=False``, where the heuristic score is shown)."""
+    trial has memorized, or with ``predictor=False``, where the heuristic score is shown).
+    When a trial reports probe-set signals (a language model's ``grok/probe/<set>/*``), a
+    ``probe EM/ppl`` column after ``val`` shows each set's exact-match and perplexity."""
 
     COLUMNS = (
         ("trial", 44),
@@ -94,9 +116,14 @@ class GrokConsoleReporter(Callback):
 
     def table(self, trials: list[Trial]) -> str:
         metric = self.scheduler.metric
-        header = "  ".join(name.ljust(width) for name, width in self.COLUMNS) + "  last decision"
+        columns = list(self.COLUMNS)
+        probes = [probe_cell(trial.last_result or {}) for trial in trials]
+        width = min(PROBE_WIDTH, max([len("probe EM/ppl"), *map(len, probes)]))
+        if any(probes):
+            columns.insert(4, ("probe EM/ppl", width))
+        header = "  ".join(name.ljust(width) for name, width in columns) + "  last decision"
         rows = [header]
-        for trial in trials:
+        for trial, probe in zip(trials, probes, strict=True):
             result = trial.last_result or {}
             decision = self.scheduler.last_decision(trial.trial_id)
             cells = [
@@ -108,6 +135,8 @@ class GrokConsoleReporter(Callback):
                 (_p_grok(decision), 7),
                 (_eta(decision), 7),
             ]
+            if any(probes):
+                cells.insert(4, (probe or "-", width))
             last = f"{decision.kind.value}: {decision.reason}" if decision else ""
             rows.append("  ".join(_fmt(v, w) for v, w in cells) + "  " + last[:100])
         return "\n".join(rows)

@@ -23,6 +23,63 @@ VAL_CORRECT_PROB = "grok/val_correct_prob"  # mean softmax probability of the co
 VAL_CONFIDENCE = "grok/val_confidence"  # mean max softmax on validation
 ZERO_LOSS_SHARE = "grok/zero_loss_share"  # share of training samples at float32 loss 0
 
+# Probe-set signals of a language model, one set per name (``"val"``: the held-out split,
+# ``"probe"``: the harder one beyond the training distribution): ``probe_metric(set, stat)``.
+PROBE_PREFIX = "grok/probe/"
+PROBE_LOSS = "loss"  # mean token loss over the answer tokens
+PROBE_PPL = "ppl"  # exp(PROBE_LOSS)
+PROBE_EXACT_MATCH = "exact_match"  # share of examples with every answer token right (greedy)
+PROBE_CONF_CORRECT = "conf_correct"  # mean max-softmax over the answer, examples answered right
+PROBE_CONF_WRONG = "conf_wrong"  # the same on examples answered wrong (confident + wrong: overfit)
+PROBE_DISTINCT_1 = "distinct_1"  # distinct unigrams / all unigrams of greedy generations
+PROBE_DISTINCT_2 = "distinct_2"  # the same for bigrams
+PROBE_STATS = (
+    PROBE_LOSS,
+    PROBE_PPL,
+    PROBE_EXACT_MATCH,
+    PROBE_CONF_CORRECT,
+    PROBE_CONF_WRONG,
+    PROBE_DISTINCT_1,
+    PROBE_DISTINCT_2,
+)
+
+# The DeepSpeed trainer's model probes (on the probe schedule): weight norm per layer group
+# (``group_norm_metric``), the LoRA updates' effective rank, and MoE routing pathways.
+GROUP_NORM_PREFIX = "grok/group_norm/"
+LAYER_GROUPS = ("embeddings", "attention", "mlp", "router", "norm", "lora", "head", "other")
+LORA_EFF_RANK_MEAN = "grok/lora_eff_rank_mean"  # effective rank of B @ A, mean over layers
+LORA_EFF_RANK_MIN = "grok/lora_eff_rank_min"
+MOE_PATHWAY_DISTANCE = "grok/moe_pathway_distance"
+MOE_PATHWAY_COMPLEXITY = "grok/moe_pathway_complexity"
+MOE_PATHWAYS = "grok/moe_pathways"
+PROBE_MS = "grok/probe_ms"  # what one probe call cost
+PROBE_INTERVAL = "grok/probe_interval"  # steps to the next one (stretched to the budget)
+
+
+def probe_metric(probe_set: str, stat: str) -> str:
+    """``grok/probe/<set>/<stat>``, e.g. ``grok/probe/val/exact_match``."""
+    if not probe_set or "/" in probe_set:
+        raise ValueError(f"probe set name must be non-empty without '/', got {probe_set!r}")
+    if stat not in PROBE_STATS:
+        raise ValueError(f"probe stat must be one of {PROBE_STATS}, got {stat!r}")
+    return f"{PROBE_PREFIX}{probe_set}/{stat}"
+
+
+def parse_probe_metric(name: str) -> tuple[str, str] | None:
+    """``(set, stat)`` of a ``probe_metric`` name, or None for any other key."""
+    if not name.startswith(PROBE_PREFIX):
+        return None
+    probe_set, _, stat = name[len(PROBE_PREFIX) :].partition("/")
+    return (probe_set, stat) if probe_set and stat in PROBE_STATS else None
+
+
+def group_norm_metric(group: str) -> str:
+    """``grok/group_norm/<group>`` for one of ``LAYER_GROUPS``."""
+    if group not in LAYER_GROUPS:
+        raise ValueError(f"layer group must be one of {LAYER_GROUPS}, got {group!r}")
+    return f"{GROUP_NORM_PREFIX}{group}"
+
+
 # The trainer's acknowledgements of commands (``grokschedule.core.commands``).
 ACKED_ID = "control/acked_id"
 APPLIED_STEP = "control/applied_step"

@@ -31,7 +31,7 @@ class Cause(str, Enum):
     EXTENDED = "extended"  # past max_t, paid on because the run looks about to grok
     KICK = "kick"  # a quiet or behind-schedule plateau gets an intervention
     ROLLBACK = "rollback"  # an intervention made training worse
-    KEPT = "kept"  # patience ran out, but P(grok) keeps the run
+    KEPT = "kept"  # patience ran out, but P(grok) or the probe-set signals keep the run
     CONTINUE = "continue"  # nothing to act on yet: the phase says where the run is
 
     @classmethod

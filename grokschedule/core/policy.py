@@ -19,6 +19,12 @@ The rules, in order of precedence:
    memorization time, at least ``min_patience`` steps       → STOP (never-grok)
 7. otherwise                                                → CONTINUE
 
+A never-grok STOP (rule 6, or P(grok) below ``stop_below``) is withheld — CONTINUE, cause
+``kept`` — while a trial's probe-set signals (``grok/probe/<set>/*``, a language model's held-out
+and harder sets) show progress: exact-match rising, or the confidence on correct answers rising
+while the probe loss falls (``ProbeWatch``). Their values join the decision's signals. A trial
+that reports none is decided exactly as without this rule.
+
 Patience is measured from the last *evidence* of a coming transition (validation loss falling,
 weight norm decaying, probability on the correct class rising, target rising), so a run that
 keeps showing signs of life is never stopped on its plateau.
@@ -67,6 +73,7 @@ from grokschedule.core.predictor import (
     Prediction,
     SweepAdaptivePredictor,
 )
+from grokschedule.core.probe_watch import ProbeWatch
 
 
 def _is_accuracy(metric: str) -> bool:
@@ -189,6 +196,7 @@ class TrialState:
     outcome_known: bool = False  # its outcome was given to the sweep-adaptive predictor
     last: Decision | None = None  # the latest decision
     log: list[Decision] = field(default_factory=list)  # the decisions worth showing: _remember
+    probes: ProbeWatch = field(default_factory=ProbeWatch)  # the probe-set signals, if any
 
 
 @dataclass(frozen=True)
@@ -274,6 +282,7 @@ class GrokPolicy:
         state = self.add(trial_id)
         detector = state.detector
         phase = detector.update(obs)
+        state.probes.update(obs)
         self._record(state, obs)
         if self.kicks is not None:
             self.kicks.absorb(trial_id, obs.control, self._train(obs), obs.step, obs.weight_norm)
@@ -296,6 +305,7 @@ class GrokPolicy:
             signals["p_high"] = float(prediction.p_high)
             if prediction.eta_steps is not None and not detector.phase.terminal:
                 signals["eta_steps"] = round(float(prediction.eta_steps), 1)  # none once over
+        signals.update(state.probes.signals())
         decision = Decision(
             kind=ruling.kind,
             cause=ruling.cause,
@@ -475,39 +485,7 @@ class GrokPolicy:
         if d.step >= c.max_t:
             return self._at_budget(state, phase)
         if phase is Phase.PLATEAU:
-            quiet, patience = self.quiet_steps(trial_id, d), self.patience(d)
-            hopeless = self._hopeless(state)
-            if hopeless is not None:
-                return _Ruling(
-                    DecisionKind.STOP,
-                    Cause.NEVER_GROK,
-                    f"never-grok: {hopeless.describe()}; P(grok) < stop_below {self.stop_below:g} "
-                    f"at {self._memorization_ratio(d):.1f}× memorization "
-                    f"(memorization at {d.memorized_step or 0:.0f}); "
-                    f"{self._describe_signals(d)}",
-                )
-            if quiet >= patience:
-                promising = self._promising(state)
-                if promising is not None:
-                    return _Ruling(
-                        DecisionKind.CONTINUE,
-                        Cause.KEPT,
-                        f"kept past patience: {promising.describe()} ≥ keep_above "
-                        f"{c.keep_above:g}; quiet {quiet:.0f} steps ≥ patience {patience:.0f}; "
-                        f"{self._describe_signals(d)}",
-                    )
-                return _Ruling(
-                    DecisionKind.STOP,
-                    Cause.NEVER_GROK,
-                    f"never-grok: no transition evidence for {quiet:.0f} steps ≥ patience "
-                    f"{patience:.0f} ({self._patience_basis(d)}); {self._describe(state)}",
-                )
-            return _Ruling(
-                DecisionKind.CONTINUE,
-                Cause.CONTINUE,
-                f"plateau since step {d.memorized_step:.0f}, quiet {quiet:.0f}/{patience:.0f} "
-                f"steps; {self._describe(state)}",
-            )
+            return self._withhold_on_probes(state, self._plateau(trial_id, state))
         if phase is Phase.TRANSITION:
             return _Ruling(
                 DecisionKind.CONTINUE, Cause.CONTINUE, f"transition: {self._describe(state)}"
@@ -520,6 +498,57 @@ class GrokPolicy:
             DecisionKind.CONTINUE,
             Cause.CONTINUE,
             f"warmup: {d.results}/{d.config.warmup_results} results",
+        )
+
+    @staticmethod
+    def _withhold_on_probes(state: TrialState, ruling: _Ruling) -> _Ruling:
+        """A never-grok STOP becomes CONTINUE (kept) while the probe sets show progress."""
+        if ruling.cause is not Cause.NEVER_GROK or not state.probes.present:
+            return ruling
+        progress = state.probes.progress()
+        if not progress:
+            return ruling
+        return _Ruling(
+            DecisionKind.CONTINUE,
+            Cause.KEPT,
+            f"kept past patience: held-out probe signals show progress ({'; '.join(progress)}; "
+            f"{state.probes.describe()}); withheld {ruling.reason}",
+        )
+
+    def _plateau(self, trial_id: str, state: TrialState) -> _Ruling:
+        c, d = self.config, state.detector
+        quiet, patience = self.quiet_steps(trial_id, d), self.patience(d)
+        hopeless = self._hopeless(state)
+        if hopeless is not None:
+            return _Ruling(
+                DecisionKind.STOP,
+                Cause.NEVER_GROK,
+                f"never-grok: {hopeless.describe()}; P(grok) < stop_below {self.stop_below:g} "
+                f"at {self._memorization_ratio(d):.1f}× memorization "
+                f"(memorization at {d.memorized_step or 0:.0f}); "
+                f"{self._describe_signals(d)}",
+            )
+        if quiet >= patience:
+            promising = self._promising(state)
+            if promising is not None:
+                return _Ruling(
+                    DecisionKind.CONTINUE,
+                    Cause.KEPT,
+                    f"kept past patience: {promising.describe()} ≥ keep_above "
+                    f"{c.keep_above:g}; quiet {quiet:.0f} steps ≥ patience {patience:.0f}; "
+                    f"{self._describe_signals(d)}",
+                )
+            return _Ruling(
+                DecisionKind.STOP,
+                Cause.NEVER_GROK,
+                f"never-grok: no transition evidence for {quiet:.0f} steps ≥ patience "
+                f"{patience:.0f} ({self._patience_basis(d)}); {self._describe(state)}",
+            )
+        return _Ruling(
+            DecisionKind.CONTINUE,
+            Cause.CONTINUE,
+            f"plateau since step {d.memorized_step:.0f}, quiet {quiet:.0f}/{patience:.0f} "
+            f"steps; {self._describe(state)}",
         )
 
     def _at_budget(self, state: TrialState, phase: Phase) -> _Ruling:
@@ -564,7 +593,8 @@ class GrokPolicy:
         """The trial's P(grok) (when predicted) and signals, for a reason."""
         prediction = state.prediction
         prefix = "" if prediction is None else prediction.describe() + "; "
-        return prefix + self._describe_signals(state.detector)
+        probes = f"; {state.probes.describe()}" if state.probes.present else ""
+        return prefix + self._describe_signals(state.detector) + probes
 
     @staticmethod
     def _describe_signals(d: PhaseDetector) -> str:

@@ -42,6 +42,7 @@ from grokschedule.training.deepspeed.reporting import (
     poll_commands,
     report_metrics,
 )
+from grokschedule.training.deepspeed.trainer_probes import TrainerProbes
 
 # The key in ``train_loop_config`` under which a command source travels (see ``poll_commands``).
 COMMANDS_KEY = "_grokschedule_commands"
@@ -106,20 +107,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if isinstance(source, ChannelCommands):
         source.client.acknowledged(run.control.acked_id)  # a restored run's commands stay done
     checkpointed_ack = run.control.acked_id
+    probes = None
+    if config.probe_every is not None:
+        probes = TrainerProbes(config.probe_every, config.probe_budget)
     started, examples = time.perf_counter(), 0  # throughput between reports, without them
     while run.step < config.max_steps:
         if run.step % config.poll_every == 0:
             for command in poll_commands(source, run.step):
                 run.apply(command)
         examples += run.batch_size
+        step_started = time.perf_counter()
         run.train_step()
+        if probes is not None:
+            probes.step_done(time.perf_counter() - step_started)
         run.after_step()
         if run.step % config.eval_every and run.step != config.max_steps:
             continue
         if config.use_gpu:
             torch.cuda.synchronize()  # count the kernels queued so far, not just their launch
         tokens_per_s = examples * run.task.tokens_per_example / (time.perf_counter() - started)
-        metrics = {**report_metrics(run), "tokens_per_s": tokens_per_s}
+        metrics = {**report_metrics(run, probes), "tokens_per_s": tokens_per_s}
         if run.adapter_rank is not None:  # the kick policy grows a LoRA rank only within these
             metrics[CONTROL_LORA_RANK] = run.adapter_rank
             metrics[CONTROL_LORA_RANK_LIMIT] = run.adapter_rank_limit

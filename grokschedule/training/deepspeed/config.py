@@ -77,6 +77,9 @@ class TrainerConfig:
     checkpoint_every: int = 500  # steps; 0 disables checkpoints
     num_to_keep: int = 2
     poll_every: int = 10  # steps between polls of the command source
+    # Scheduled model probes (trainer_probes.TrainerProbes), read at reports: None for none.
+    probe_every: int | None = None
+    probe_budget: float = 0.01  # probes' share of training time at most
     control: bool = False  # poll the live control channel (grokschedule.adapters.control_channel)
     seed: int = 0
     torch_threads: int = 1
@@ -106,6 +109,12 @@ class TrainerConfig:
         for name in ("warmup_steps", "checkpoint_every", "max_failures", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.probe_every is not None and (
+            not isinstance(self.probe_every, int) or self.probe_every <= 0
+        ):
+            raise ValueError(f"probe_every must be an int > 0 or None, got {self.probe_every!r}")
+        if not (isinstance(self.probe_budget, int | float) and 0.0 < self.probe_budget <= 1.0):
+            raise ValueError(f"probe_budget must be in (0, 1], got {self.probe_budget!r}")
         if self.checkpoint_every % self.eval_every:
             raise ValueError(
                 f"checkpoint_every {self.checkpoint_every} must be a multiple of eval_every "

@@ -327,19 +327,23 @@ class DeepSpeedRun:
         """Loss, accuracy and correct-class probability over the *whole* split: each rank takes
         a contiguous shard and the sums are all-reduced. Every rank runs the same number of
         forwards (an uncounted one where its shard ran out) because ZeRO-3 gathers weights
-        collectively."""
+        collectively. A task whose stats carry token sums (``ExampleStats``) also gets
+        ``token_loss`` (mean over answer tokens), ``confidence`` and ``conf_correct`` /
+        ``conf_wrong`` (mean confidence on examples answered right / wrong, when there are any)."""
         inputs, targets = self.task.eval_splits()[split]
         self.engine.eval()
         shard = torch.arange(len(inputs)).tensor_split(self.world_size)[self.rank]
         size = self.config.eval_batch_size
         chunks = math.ceil(math.ceil(len(inputs) / self.world_size) / size)
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(9, dtype=torch.float64, device=self.device)
+        tokens_reported = False
         for chunk in range(chunks):
             index = shard[chunk * size : (chunk + 1) * size]
             if len(index) == 0:
-                self.task.stats(
+                stats = self.task.stats(
                     self.engine, inputs[:1].to(self.device), targets[:1].to(self.device)
                 )
+                tokens_reported = stats.token_loss is not None
                 continue
             stats = self.task.stats(
                 self.engine, inputs[index].to(self.device), targets[index].to(self.device)
@@ -348,8 +352,27 @@ class DeepSpeedRun:
             sums[1] += stats.correct.sum()
             sums[2] += stats.correct_prob.double().sum()
             sums[3] += len(index)
-        loss, correct, prob, count = all_reduce_sum(sums, self.device).tolist()
-        return {"loss": loss / count, "acc": correct / count, "correct_prob": prob / count}
+            if stats.token_loss is not None and stats.tokens is not None:
+                tokens_reported = True
+                sums[4] += stats.token_loss.double().sum()
+                sums[5] += stats.tokens.sum()
+            if stats.confidence is not None:
+                confidence, right = stats.confidence.double(), stats.correct.bool()
+                sums[6] += confidence[right].sum()
+                sums[7] += confidence[~right].sum()
+                sums[8] += confidence.sum()
+        loss, correct, prob, count, token_loss, tokens, *conf = all_reduce_sum(
+            sums, self.device
+        ).tolist()
+        result = {"loss": loss / count, "acc": correct / count, "correct_prob": prob / count}
+        if tokens_reported:
+            result["token_loss"] = token_loss / max(tokens, 1.0)
+            result["confidence"] = conf[2] / count
+            if correct > 0:
+                result["conf_correct"] = conf[0] / correct
+            if count - correct > 0:
+                result["conf_wrong"] = conf[1] / (count - correct)
+        return result
 
     @torch.no_grad()
     def weight_norm(self) -> float:

@@ -11,6 +11,10 @@ problems (``lm_op``), each a memorize-then-generalize task written as text:
 
 Validation holds out pairs (combinations never seen in training); the probe set asks for three
 operands, ``"a+b+c="`` or ``"x*y*z="``, a composition of the rule never seen in training.
+Both are built by ``grokschedule.training.probe_sets.build_probe_sets``.
+
+``lm_experts`` swaps the Llama for a tiny Mixtral-style mixture of experts (top-2 routing), whose
+router choices the trainer's probes read as routing pathways (``router_choices``).
 
 An optional LoRA adapter (``lora_rank``) trains only low-rank updates of every linear layer.
 ``with_adapter_rank`` + ``load_grown`` raise its rank on a plateau (e.g. 8 → 32) without changing
@@ -30,8 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from grokschedule.training.deepspeed.task import ExampleStats, Split
+from grokschedule.training.probe_sets import build_probe_sets
 
 PAD, BOS, EOS = 0, 1, 2
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]  # LoRA targets of the MoE model
 CHARS = "0123456789+=*"
 IGNORE = -100
 
@@ -108,6 +114,7 @@ class LMTaskConfig:
     layers: int = 2
     heads: int = 4
     lora_rank: int | None = None  # None: full fine-tuning
+    experts: int | None = None  # None: a dense Llama; else a Mixtral-style MoE with this many
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -125,6 +132,8 @@ class LMTaskConfig:
             raise ValueError(f"lm_hidden {self.hidden} must be divisible by lm_heads {self.heads}")
         if self.lora_rank is not None and self.lora_rank <= 0:
             raise ValueError(f"lora_rank must be > 0 or None, got {self.lora_rank}")
+        if self.experts is not None and not (isinstance(self.experts, int) and self.experts >= 2):
+            raise ValueError(f"lm_experts must be an int >= 2 or None, got {self.experts!r}")
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> LMTaskConfig:
@@ -164,15 +173,22 @@ class LMTask:
         self.activation_checkpointing = activation_checkpointing
         self.tokenizer = CharTokenizer()
         if config.op == "add":
-            as_text, probe = addition_problems(config.p, config.seed)
+            pairs, probe = addition_problems(config.p, config.seed)
         else:
-            as_text, probe = composition_problems(config.perm_size, config.seed)
-        n_train = max(1, round(config.train_fraction * len(as_text)))
+            pairs, probe = composition_problems(config.perm_size, config.seed)
+        operator = "+" if config.op == "add" else "*"
+        sets = build_probe_sets(
+            pairs + probe,
+            harder=lambda example: example[0].count(operator) > 1,  # more operands than trained on
+            val_fraction=1.0 - config.train_fraction,
+            seed=config.seed,
+        )
+        self.probe_set_sizes = sets.report
         # Each split padded to its own longest example (bos, prompt, answer, eos): the
         # three-operand probe is longer, and padding training to it would cost a third more.
-        self._train = encode_examples(as_text[:n_train], self.tokenizer)
-        self._val = encode_examples(as_text[n_train:], self.tokenizer)
-        self._probe = encode_examples(probe, self.tokenizer)
+        self._train = encode_examples(sets.train, self.tokenizer)
+        self._val = encode_examples(sets.probe_sets["val"], self.tokenizer)
+        self._probe = encode_examples(sets.probe_sets["probe"], self.tokenizer)
         self.length = max(split[0].shape[1] for split in (self._train, self._val, self._probe))
         self.tokens_per_example = self._train[0].shape[1]
 
@@ -195,23 +211,30 @@ class LMTask:
         return LMTask(replace(self.config, lora_rank=rank), self.activation_checkpointing)
 
     def build_model(self) -> nn.Module:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
         c = self.config
-        model_config = LlamaConfig(
-            vocab_size=self.tokenizer.vocab_size,
-            hidden_size=c.hidden,
-            intermediate_size=4 * c.hidden,
-            num_hidden_layers=c.layers,
-            num_attention_heads=c.heads,
-            num_key_value_heads=c.heads,
-            max_position_embeddings=self.length,
-            pad_token_id=PAD,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-            tie_word_embeddings=True,
-        )
-        model: nn.Module = LlamaForCausalLM(model_config)
+        shape: dict[str, Any] = {
+            "vocab_size": self.tokenizer.vocab_size,
+            "hidden_size": c.hidden,
+            "intermediate_size": 4 * c.hidden,
+            "num_hidden_layers": c.layers,
+            "num_attention_heads": c.heads,
+            "num_key_value_heads": c.heads,
+            "max_position_embeddings": self.length,
+            "pad_token_id": PAD,
+            "bos_token_id": BOS,
+            "eos_token_id": EOS,
+            "tie_word_embeddings": True,
+        }
+        model: nn.Module
+        if c.experts is None:
+            model = LlamaForCausalLM(LlamaConfig(**shape))
+        else:  # each expert as wide as the dense MLP would be / top-k: the same active width
+            top_k = min(2, c.experts)
+            shape["intermediate_size"] = 4 * c.hidden // top_k
+            moe = MixtralConfig(**shape, num_local_experts=c.experts, num_experts_per_tok=top_k)
+            model = MixtralForCausalLM(moe)
         if self.activation_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -223,7 +246,9 @@ class LMTask:
                 r=c.lora_rank,
                 lora_alpha=2 * c.lora_rank,
                 lora_dropout=0.0,
-                target_modules="all-linear",
+                # A MoE's experts are fused 3-D weights and its router a gate that must stay
+                # sharp: adapt its attention; adapt every linear layer of a dense model.
+                target_modules=ATTENTION if c.experts is not None else "all-linear",
             )
             model = get_peft_model(model, lora)
         return model
@@ -254,7 +279,8 @@ class LMTask:
     def stats(
         self, model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
     ) -> ExampleStats:
-        """Per example: mean token loss over the answer and eos, exact match of all of them."""
+        """Per example: mean token loss over the answer and eos, exact match of all of them; in
+        evaluation (no grad) also the sums the probe-set signals are made of (``ExampleStats``)."""
         logits = model(input_ids=inputs, attention_mask=inputs != PAD).logits.float()
         mask = targets != IGNORE
         tokens = mask.sum(1).clamp(min=1)
@@ -262,9 +288,69 @@ class LMTask:
         loss = (token_loss * mask).sum(1) / tokens
         right = (logits.detach().argmax(-1) == targets) | ~mask
         prob = torch.exp(-token_loss.detach())  # p(target token) = exp(-CE), no softmax needed
-        return ExampleStats(
+        stats = ExampleStats(
             loss=loss,
             correct=right.all(1),
             correct_prob=(prob * mask).sum(1) / tokens,
             zero_loss=loss.detach() == 0,
         )
+        if not torch.is_grad_enabled():  # evaluation: one softmax more, no forward more
+            top = logits.softmax(-1).amax(-1)  # the greedy token's probability
+            stats.token_loss = (token_loss * mask).sum(1)
+            stats.tokens = mask.sum(1)
+            stats.confidence = (top * mask).sum(1) / tokens
+        return stats
+
+    def generate(
+        self, model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
+    ) -> list[list[int]]:
+        """Greedy answers to the prompts of ``inputs`` (their answers blanked), at most as long
+        as the expected answer plus eos, without the eos: one forward per answer token, all
+        examples at once (causal attention: what is right of a position never changes it)."""
+        return greedy_answers(model, inputs, targets)
+
+    def router_choices(
+        self, model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor | None:
+        """For a MoE model, the expert each example's answer-predicting position (the ``=``)
+        was routed to first at each layer, ``(N, layers)``; None for a dense model."""
+        if self.config.experts is None:
+            return None
+        out = model(input_ids=inputs, attention_mask=inputs != PAD, output_router_logits=True)
+        start = answer_starts(targets)
+        rows = torch.arange(len(inputs), device=inputs.device)
+        per_layer = [
+            logits.view(len(inputs), inputs.shape[1], -1)[rows, start].argmax(-1)
+            for logits in out.router_logits
+        ]
+        return torch.stack(per_layer, dim=1)
+
+
+def answer_starts(targets: torch.Tensor) -> torch.Tensor:
+    """Per example, the position whose prediction is the answer's first token."""
+    return (targets != IGNORE).int().argmax(1)
+
+
+def greedy_answers(
+    model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor
+) -> list[list[int]]:
+    """See ``LMTask.generate``."""
+    mask = targets != IGNORE
+    start, lengths = answer_starts(targets), mask.sum(1)
+    steps = int(lengths.max()) if len(lengths) else 0
+    positions = torch.arange(inputs.shape[1], device=inputs.device)
+    buffer = inputs.masked_fill(positions[None, :] > start[:, None], PAD)
+    rows = torch.arange(len(inputs), device=inputs.device)
+    generated = torch.full((len(inputs), steps), EOS, dtype=torch.long, device=inputs.device)
+    for k in range(steps):
+        logits = model(input_ids=buffer, attention_mask=buffer != PAD).logits
+        at = (start + k).clamp(max=inputs.shape[1] - 1)
+        token = logits[rows, at].argmax(-1)
+        generated[:, k] = token
+        write = (start + k + 1 < inputs.shape[1]) & (k < lengths)
+        buffer[rows[write], (start + k + 1)[write]] = token[write]
+    answers = []
+    for row, length in zip(generated.tolist(), lengths.tolist(), strict=True):
+        row = row[:length]
+        answers.append(row[: row.index(EOS)] if EOS in row else row)
+    return answers

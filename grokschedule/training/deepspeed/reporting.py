@@ -11,6 +11,7 @@ from typing import Any
 import torch.distributed as dist
 
 from grokschedule.training.deepspeed.engine import DeepSpeedRun, EngineCommand, broadcast_object
+from grokschedule.training.deepspeed.trainer_probes import TrainerProbes, probe_set_metrics
 
 CommandSource = Callable[[int], Sequence[EngineCommand]]
 
@@ -27,14 +28,19 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def report_metrics(run: DeepSpeedRun) -> dict[str, Any]:
-    """The metric contract (see README), reduced over all ranks; every rank gets the same."""
+def report_metrics(run: DeepSpeedRun, probes: TrainerProbes | None = None) -> dict[str, Any]:
+    """The metric contract (see README), reduced over all ranks; every rank gets the same.
+    A completion task's probe-set signals come with every report (``probe_set_metrics``); the
+    scheduled ``probes``, when given, add theirs when one is due."""
     metrics: dict[str, Any] = {"step": run.step, **run.meter.reduce()}
     for split in run.task.eval_splits():
         result = run.evaluate(split)
         metrics[f"{split}_loss"] = result["loss"]
         metrics[f"{split}_acc"] = result["acc"]
         metrics[f"grok/{split}_correct_prob"] = result["correct_prob"]
+        metrics.update(probe_set_metrics(split, result))
+    if probes is not None:
+        metrics.update(probes.metrics(run))
     metrics["weight_norm"] = run.weight_norm()
     metrics["lr"] = run.lr
     metrics["batch_size"] = run.batch_size

@@ -30,12 +30,19 @@ class ExampleStats:
     ``loss`` keeps its graph in training; ``zero_loss`` marks a float32 loss of exactly 0
     (softmax collapse, arXiv 2501.04697); ``correct_prob`` is the mean probability the model puts
     on the right answer (the right class, or the right tokens of a completion).
+
+    A completion task may add, in evaluation, what the probe-set signals are summed from
+    (``contract.probe_metric``): ``token_loss`` the sum of token losses over the answer,
+    ``tokens`` the answer's token count, ``confidence`` the mean max-softmax over the answer.
     """
 
     loss: torch.Tensor
     correct: torch.Tensor
     correct_prob: torch.Tensor
     zero_loss: torch.Tensor
+    token_loss: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
 
 
 class Task(Protocol):
