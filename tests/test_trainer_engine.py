@@ -260,6 +260,7 @@ def test_lora_rank_kick_through_the_channel_keeps_the_loss_and_rolls_back_exactl
         "control/applied_step": 3,
         "control/rollbacks": 0,
         "control/kicks_active": 0,
+        "control/not_applied_id": -1,
     }
     for split, result in before.items():  # zero-padded B: the same function, the same loss
         assert run.evaluate(split) == pytest.approx(result, rel=1e-6)

@@ -36,7 +36,7 @@ from grokschedule.core.commands import KICK, ROLLBACK
 from grokschedule.core.commands import Command as ChannelCommand
 from grokschedule.core.kicks import Kick
 from grokschedule.training.deepspeed.config import TrainerConfig
-from grokschedule.training.deepspeed.engine import DeepSpeedRun, SetAdapterRank
+from grokschedule.training.deepspeed.engine import DeepSpeedRun
 from grokschedule.training.deepspeed.lm_task import LMTask
 
 ARMS = ("none", "lora_rank", "sgd_switch")
@@ -76,23 +76,20 @@ class Plan:
 
 
 def _kick(arm: str, run: DeepSpeedRun, plan: Plan) -> None:
-    """Apply ``arm``'s kick between two optimizer steps, behind a rollback point."""
+    """Apply ``arm``'s kick between two optimizer steps, as a channel command: behind a
+    rollback point, acknowledged in ``control``."""
     if arm == "lora_rank":
-        # A rank change is a rebuild; take the rollback point the channel would take.
-        run._take_rollback_point()
-        rank = getattr(run.task, "adapter_rank", None)
-        if rank is None:
-            raise ValueError("lora_rank arm needs a config with lm_lora_rank")
-        run.apply(SetAdapterRank(rank * plan.rank_factor))
-        run.control = type(run.control)(0, run.step, run.control.rollbacks)
-        return
-    kick = Kick(
-        "sgd_switch",
-        {"lr": plan.sgd_lr, "momentum": 0.9},
-        duration_steps=plan.sgd_steps,
-        reason="bench lm-kicks",
-    )
+        kick = Kick("lora_rank", {"factor": plan.rank_factor}, reason="bench lm-kicks")
+    else:
+        kick = Kick(
+            "sgd_switch",
+            {"lr": plan.sgd_lr, "momentum": 0.9},
+            duration_steps=plan.sgd_steps,
+            reason="bench lm-kicks",
+        )
     run.apply(ChannelCommand(0, KICK, kick))
+    if run.control.not_applied_id == 0:
+        raise ValueError(f"the engine refused the {arm} kick (see the warning above)")
 
 
 def _run_arm(values: Mapping[str, Any], arm: str, plan: Plan) -> ArmResult:
