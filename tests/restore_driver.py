@@ -30,7 +30,7 @@ SCENARIOS = {
             "min_patience": 200,
             "interventions": ["lr_multiply"],
         },
-        {"curve": "grokker_p47_wd1", "delay_s": 0.25, "checkpoint_every": 10, "lr": 1e-3},
+        {"curve": "grokker_p47_wd1", "delay_s": 0.3, "checkpoint_every": 10, "lr": 1e-3},
     ),
 }
 

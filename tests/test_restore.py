@@ -35,7 +35,7 @@ def _wait_for(predicate, timeout_s: float) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
-        time.sleep(0.25)
+        time.sleep(0.5)
 
 
 def kill_driver_when(*args: str, saved: Callable[[], bool], grace_s: float = 0.0) -> None:
