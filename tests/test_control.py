@@ -3,6 +3,7 @@ snapshots, and the PBT-style restart fallback; the Ray ones on a real local clus
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -29,7 +30,12 @@ from grokschedule.adapters.control_channel import (
 )
 from grokschedule.adapters.restart import restart_with_config
 from grokschedule.adapters.scheduler import GrokScheduler
-from grokschedule.adapters.trainables.modular import kick_config_change, modular_trainable
+from grokschedule.adapters.trainables.modular import (
+    _load_state,
+    _save_state,
+    kick_config_change,
+    modular_trainable,
+)
 from grokschedule.bench.interventions import (
     KIND_NAMES,
     BenchSettings,
@@ -53,6 +59,7 @@ from grokschedule.core.commands import (
     config_change,
 )
 from grokschedule.core.kicks import Kick
+from grokschedule.training import checkpoints
 from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 
 torch.set_num_threads(1)
@@ -264,6 +271,45 @@ def test_harmful_kick_then_rollback_restores_the_snapshot_exactly_even_after_a_r
         assert torch.equal(p, q)
     assert not restarted.applier.active  # the benign window ended on time
     assert restarted.evaluate()["train_loss"] < loss_before
+
+
+def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two optimizer state dicts hold equal tensors."""
+    pairs = [(a["state"][i][k], b["state"][i][k]) for i in b["state"] for k in b["state"][i]]
+    return a["state"].keys() == b["state"].keys() and all(torch.equal(x, y) for x, y in pairs)
+
+
+def test_a_checkpoint_inside_an_sgd_window_keeps_the_window_adamw_and_the_rollback_point(
+    tmp_path: Path,
+) -> None:
+    """The trainable's own checkpoint (weights-only torch file) taken inside an AdamW→SGD
+    window, after a kick inside it: the restarted trainer finishes the window, switches back to
+    the untouched AdamW state and rolls back to the point, as the uninterrupted one does."""
+    config = TrainConfig(**SMALL, weight_decay=1.0)
+    reference, trainer = ModularTrainer(config), ModularTrainer(config)
+    for each in (reference, trainer):
+        train(each, 10)
+        home = copy.deepcopy(each.optimizer.state_dict())  # the same in both
+        each.apply_command(kick(0, Kick("sgd_switch", {"lr": 1e-2, "momentum": 0.5}, 10)))
+        train(each, 3)
+        point = params(each)
+        each.apply_command(kick(1, BENIGN))  # its rollback point is inside the window
+        train(each, 3)
+    _save_state(trainer.state_dict(), tmp_path)  # what modular_trainable reports at step 16
+    restarted = ModularTrainer(config)
+    restarted.load_state_dict(checkpoints.load_valid(tune.Checkpoint(str(tmp_path)), _load_state))
+    assert isinstance(restarted.applier.optimizer, torch.optim.SGD)
+    for each in (reference, restarted):
+        train(each, 4)  # the window ends at step 20
+        assert each.applier.optimizer is each.optimizer  # AdamW again, its state as set aside
+        assert same_state(each.optimizer.state_dict(), home)
+        each.apply_command({"id": 2, "type": "rollback"})  # to step 13, inside the window
+        assert isinstance(each.applier.optimizer, torch.optim.SGD)
+        assert all(torch.equal(p, q) for p, q in zip(params(each), point, strict=True))
+        train(each, 7)  # the window, moved by the 7 steps undone, ends again at step 27
+        assert each.applier.optimizer is each.optimizer
+        assert same_state(each.optimizer.state_dict(), home)
+    assert all(torch.equal(p, q) for p, q in zip(params(restarted), params(reference), strict=True))
 
 
 def test_batch_size_kick_accumulates_mini_batches() -> None:

@@ -8,20 +8,24 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from ray.train import Checkpoint
 
 from grokschedule.core.commands import Command as ChannelCommand
 from grokschedule.core.commands import ControlState
 from grokschedule.core.kicks import Kick
+from grokschedule.training.checkpoints import CorruptCheckpointError, load_agreed, verify_sharded
 from grokschedule.training.deepspeed.config import TrainerConfig
 from grokschedule.training.deepspeed.engine import DeepSpeedRun, SetAdapterRank
 from grokschedule.training.deepspeed.task import ModularDeepSpeedTask
 
 pytestmark = pytest.mark.slow
 
+CPU = torch.device("cpu")
 TASK = {"p": 23, "embed_dim": 32, "hidden_dim": 64, "train_fraction": 0.5}
 
 
@@ -66,7 +70,6 @@ def test_kicks_apply_in_place_and_the_sgd_switch_keeps_adamw_state(
     record = run.apply_kick(Kick("sgd_switch", {"lr": 1e-2, "momentum": 0.5}, duration_steps=2))
     assert record.changes["optimizer"] == ("adamw", "sgd") and run.lr == 1e-2
     assert run.weight_norm() == norm  # same weights, new optimizer
-    assert not run.can_checkpoint
     reverts = train(run, 2)
     assert reverts[0].changes["optimizer"] == ("sgd", "adamw") and run.lr == 3e-3
     assert run.engine_builds == builds + 2 and run.weight_norm() != norm
@@ -124,9 +127,75 @@ def test_rollback_out_of_an_sgd_switch_restores_adamw(process_group: None) -> No
     run.apply(ChannelCommand(2, "rollback"))  # back to just before the switch, lr kick in force
     assert run.optimizer_name == "adamw" and run.lr == pytest.approx(6e-3)
     assert run.active["lr_multiply"].start == 2 + 2  # its window moved by the 2 steps undone
-    assert run.weight_norm() == pytest.approx(norm, rel=1e-6) and run.can_checkpoint
+    assert run.weight_norm() == pytest.approx(norm, rel=1e-6)
     train(run, 1)
     assert math.isfinite(run.meter.reduce()["train_loss"])
+
+
+def weights(run: DeepSpeedRun) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in run.engine.module.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_checkpoint_inside_an_sgd_window_carries_the_window_adamw_and_the_rollback_point(
+    process_group: None, tmp_path: Path
+) -> None:
+    """A worker restarted from a checkpoint inside an AdamW→SGD window, with a rollback point
+    taken inside it, does what the uninterrupted run does: finishes the window, switches back to
+    the AdamW moments set aside at the switch, and rolls back to the point (then switches back
+    once more), also when restarted again after the window with the point still pending."""
+    runs = {name: make_run(zero_stage=2) for name in ("uninterrupted", "restarted")}
+    for run in runs.values():
+        train(run, 2)
+        home = adam_moments(run)  # the same in both runs
+        run.apply_kick(Kick("sgd_switch", {"lr": 1e-2, "momentum": 0.5}, duration_steps=4))
+        train(run, 1)
+        point = weights(run)
+        run.apply(ChannelCommand(0, "kick", Kick("lr_multiply", {"factor": 2.0}, 10)))
+        train(run, 1)
+    reference, run = runs["uninterrupted"], runs["restarted"]
+
+    run.save(tmp_path / "checkpoint_000000")  # step 4, two steps of the window left
+    manifest = json.loads((tmp_path / "checkpoint_000000/manifest.rank0.json").read_text())
+    kept = {name.split("/")[0] for name in manifest["files"]}
+    assert {"checkpoint", "switch", "rollback"} <= kept and "rollback_switch" not in kept
+    run = load_agreed(Checkpoint(str(tmp_path / "checkpoint_000000")), restore_from(run), CPU)
+    assert (run.step, run.optimizer_name, run.lr) == (4, "sgd", reference.lr) == (4, "sgd", 2e-2)
+    assert same(weights(run), weights(reference))
+
+    for each in (reference, run):
+        (revert,) = [r for r in train(each, 2) if r.kick.kind == "sgd_switch"]
+        assert revert.step == 6 and each.optimizer_name == "adamw"
+        assert same(adam_moments(each), home)  # AdamW's moments as they were set aside
+    assert same(weights(run), weights(reference))
+    assert run.evaluate("val") == reference.evaluate("val")
+
+    # Restarted again after the window: the point still needs its window's AdamW state.
+    run.save(tmp_path / "checkpoint_000001")
+    manifest = json.loads((tmp_path / "checkpoint_000001/manifest.rank0.json").read_text())
+    assert "rollback_switch" in {name.split("/")[0] for name in manifest["files"]}
+    run = load_agreed(Checkpoint(str(tmp_path / "checkpoint_000001")), restore_from(run), CPU)
+
+    for each in (reference, run):
+        each.apply(ChannelCommand(1, "rollback"))  # back to step 3, inside the window
+        assert each.optimizer_name == "sgd" and same(weights(each), point)
+        assert each.active["sgd_switch"].start == 2 + 3  # its window moved by the 3 steps undone
+        (revert,) = train(each, 3)
+        assert revert.step == 9 and same(adam_moments(each), home)
+    assert same(weights(run), weights(reference))
+    assert run.control == reference.control == ControlState(1, 6, 1)
+
+    (home_file, *_) = sorted((tmp_path / "checkpoint_000000/switch/home").glob("*optim_states.pt"))
+    home_file.write_bytes(home_file.read_bytes()[:100])  # the AdamW copy is verified too
+    with pytest.raises(CorruptCheckpointError, match=f"switch/home/{home_file.name} has 100"):
+        verify_sharded(tmp_path / "checkpoint_000000")
+
+
+def restore_from(run: DeepSpeedRun) -> Callable[[Path], DeepSpeedRun]:
+    return lambda directory: DeepSpeedRun.restore(run.config, run.task, run.device, directory)
 
 
 def test_metrics_are_exact_over_the_whole_split_and_under_zero3(process_group: None) -> None:

@@ -9,7 +9,8 @@ manifest; on resume the ranks agree on the newest checkpoint that all of them ve
 
 With the live control channel (``ChannelCommands``, config ``control=True`` under Tune) every
 report carries the ``control/*`` acknowledgements the scheduler reads, and the first report after
-a command carries a checkpoint, so the rollback point taken before a kick survives a restart.
+a command carries a checkpoint, so the rollback point taken before a kick survives a restart,
+inside an sgd_switch window too.
 A run with a LoRA adapter reports its rank in force (``control/lora_rank``, grown by a lora_rank
 kick) and the largest its layers allow (``control/lora_rank_limit``), on either path.
 """
@@ -135,7 +136,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics.update(source.client.metrics())
         every = config.checkpoint_every
         due = every and (run.step % every == 0 or run.step == config.max_steps)
-        if run.can_checkpoint and (due or (every and run.control.acked_id != checkpointed_ack)):
+        if due or (every and run.control.acked_id != checkpointed_ack):
             checkpointed_ack = run.control.acked_id
             with tempfile.TemporaryDirectory() as directory:
                 run.save(Path(directory))

@@ -18,8 +18,9 @@ Kicks (``grokschedule.core.kicks``) on a DeepSpeed engine, and why each is done 
   current weights). At the end of the window the engine is rebuilt with the home optimizer, loads
   ``home`` with its optimizer state (AdamW moments and step count untouched), then the SGD
   engine's weights with ``load_module_only=True``, which re-derives the fp32 master from them.
-  Under bf16/fp16 the master is rounded to the training dtype at each switch. No checkpoint is
-  taken inside the window: resuming it would need the home state too.
+  Under bf16/fp16 the master is rounded to the training dtype at each switch. A checkpoint
+  inside the window holds the SGD engine and a copy of ``home`` (``SWITCH_DIR``), so a restarted
+  worker finishes the window and switches back to the same AdamW state.
 - ``lora_rank``: the engine is rebuilt around the task at rank × factor, its adapter loaded with
   the old factors padded with zeros (``LMTask.load_grown``), so the loss is what it was; the
   optimizer starts afresh for the new shapes. ZeRO-0/1/2 only (the weights must be whole), not
@@ -37,7 +38,9 @@ into a freshly built engine (the optimizer in force at the point, its moments in
 adapter at the point's rank, so a rollback undoes a ``lora_rank`` kick). As in
 the modular trainer the step counter is not rolled back (Tune's time attribute must stay
 monotone); the windows of the restored kicks move by the steps rolled back. A pending rollback
-point is copied into every checkpoint, so it survives a worker restart.
+point is copied into every checkpoint, so it survives a worker restart — with the ``home`` of
+the sgd_switch window it was taken in, if any (``POINT_SWITCH_DIR`` unless that is the window
+still in force, whose ``home`` the checkpoint holds anyway).
 
 Checkpoints load with ``torch.load(weights_only=True)``. DeepSpeed 0.19.8's own
 ``TorchCheckpointEngine.load`` passes ``weights_only=False`` and has no setting to change it, so
@@ -100,6 +103,9 @@ logger = logging.getLogger(__name__)
 
 TAG = "checkpoint"  # DeepSpeed tag inside every checkpoint directory
 ROLLBACK_TAG = "rollback"  # the rollback point's tag, and its directory inside a checkpoint
+HOME_TAG = "home"  # the optimizer set aside by an sgd_switch, in its switch directory
+SWITCH_DIR = "switch"  # inside a checkpoint: the home of the sgd_switch window in force
+POINT_SWITCH_DIR = "rollback_switch"  # inside a checkpoint: the rollback point's own home
 STATE_FILE = "trainer_state.json"
 # The kicks a DeepSpeed engine can take; see the module docstring.
 ENGINE_KINDS = HYPERPARAM_KINDS | {LORA_RANK}
@@ -238,7 +244,7 @@ class DeepSpeedRun:
             if state.get("adapter_rank") is not None:
                 self.task = self.task.with_adapter_rank(int(state["adapter_rank"]))  # type: ignore[attr-defined]
             self.control = ControlState(**state.get("control", {}))
-        self.engine = self._build_engine(self.config.optimizer, self._model())
+        self.engine = self._build_engine(self.optimizer_name, self._model())
         self.local_rank = int(self.engine.local_rank)  # rank on this node: who writes scratch
         self._write_hyperparams()
 
@@ -593,12 +599,12 @@ class DeepSpeedRun:
 
     def _rebuild_from_checkpoint(self, optimizer: str) -> None:
         self._switch_dir = self._scratch_dir("switch")
-        self._save_engine(self._switch_dir, "home")
+        self._save_engine(self._switch_dir, HOME_TAG)
         self._release_engine()
         self.engine = self._build_engine(optimizer, self._model())
         self.engine.load_checkpoint(
             str(self._switch_dir),
-            "home",
+            HOME_TAG,
             load_optimizer_states=False,
             load_lr_scheduler_states=False,
         )
@@ -608,7 +614,7 @@ class DeepSpeedRun:
         self._save_engine(self._switch_dir, "sgd")
         self._release_engine()
         self.engine = self._build_engine(self.config.optimizer, self._model())
-        self.engine.load_checkpoint(str(self._switch_dir), "home")
+        self.engine.load_checkpoint(str(self._switch_dir), HOME_TAG)
         # Weights only: ZeRO-1/2 re-derive the fp32 master in ``load_module_only``; ZeRO-3 keeps
         # weights in its shards, which DeepSpeed reads (through ``latest``) only without
         # optimizer states. Either way the moments just loaded from ``home`` stay.
@@ -632,11 +638,6 @@ class DeepSpeedRun:
         }
 
     # -- checkpoints -------------------------------------------------------------------------
-    @property
-    def can_checkpoint(self) -> bool:
-        """False inside an sgd_switch window (see the module docstring)."""
-        return SGD_SWITCH not in self.active
-
     def _save_engine(self, directory: Path, tag: str) -> None:
         # Every rank may write into its own directory, which DeepSpeed creates on rank 0 only.
         # ``latest`` is needed: ZeRO-3 loads weights without optimizer state through it.
@@ -645,17 +646,13 @@ class DeepSpeedRun:
 
     def save(self, directory: Path) -> None:
         """Write this rank's part of a checkpoint into ``directory`` (every rank calls it, each
-        into a directory of its own), with the pending rollback point, if any, and seal it with
-        this rank's manifest; resume through ``checkpoints.load_agreed``."""
-        if not self.can_checkpoint:
-            raise ValueError("no checkpoint inside an sgd_switch window")
+        into a directory of its own), with the node-local scratch it still needs (the home of an
+        sgd_switch window in force, the pending rollback point and its own home), and seal it
+        with this rank's manifest; resume through ``checkpoints.load_agreed``."""
         self._save_engine(directory, TAG)
-        if self._rollback is not None and self.local_rank == 0:
-            shutil.copytree(
-                self._rollback.directory / ROLLBACK_TAG,
-                directory / ROLLBACK_TAG / ROLLBACK_TAG,
-                dirs_exist_ok=True,
-            )
+        if self.local_rank == 0:  # scratch is written once per node (``_scratch_dir``)
+            for source, target in self._scratch_to_keep().items():
+                shutil.copytree(source, directory / target, dirs_exist_ok=True)
         if self.rank == 0:
             (directory / STATE_FILE).write_text(json.dumps(self.state()))
         # Last: this rank's manifest covers everything it wrote (see ``seal_rank``).
@@ -669,17 +666,40 @@ class DeepSpeedRun:
             "adapter_rank": self.adapter_rank,
         }
 
+    def _scratch_to_keep(self) -> dict[Path, str]:
+        """Scratch directories a checkpoint must carry, and where inside it."""
+        keep = {}
+        if self._switch_dir is not None:
+            keep[self._switch_dir / HOME_TAG] = f"{SWITCH_DIR}/{HOME_TAG}"
+        point = self._rollback
+        if point is not None:
+            keep[point.directory / ROLLBACK_TAG] = f"{ROLLBACK_TAG}/{ROLLBACK_TAG}"
+            if point.switch_dir not in (None, self._switch_dir):
+                keep[point.switch_dir / HOME_TAG] = f"{POINT_SWITCH_DIR}/{HOME_TAG}"
+        return keep
+
     def state(self) -> dict[str, Any]:
         """What the engine does not hold: the step, kicks in force, the adapter's rank, the
-        control acknowledgements and the rollback point's own run state."""
+        control acknowledgements and the rollback point's own run state, with where in the
+        checkpoint the point's sgd_switch home is (``rollback_switch``; None: it had none)."""
         rollback = None if self._rollback is None else self._rollback.state
-        return {**self._run_state(), "control": asdict(self.control), "rollback": rollback}
+        point_switch = None
+        if self._rollback is not None and self._rollback.switch_dir is not None:
+            own = self._rollback.switch_dir != self._switch_dir
+            point_switch = POINT_SWITCH_DIR if own else SWITCH_DIR
+        return {
+            **self._run_state(),
+            "control": asdict(self.control),
+            "rollback": rollback,
+            "rollback_switch": point_switch,
+        }
 
     @classmethod
     def restore(
         cls, config: TrainerConfig, task: Task, device: torch.device, directory: Path
     ) -> DeepSpeedRun:
-        """The run saved in ``directory`` by ``save``, on a freshly built engine, at the saved
+        """The run saved in ``directory`` by ``save``, on a freshly built engine (SGD inside an
+        sgd_switch window), its scratch directories back in node-local scratch, at the saved
         LoRA rank, grown to ``task``'s where that is larger (a lora_rank kick by restart)."""
         state = json.loads((directory / STATE_FILE).read_text())
         run = cls(config, task, device, state)
@@ -688,11 +708,23 @@ class DeepSpeedRun:
         if configured is not None and saved is not None and configured > saved:
             run.set_adapter_rank(configured, "lm_lora_rank")
         run._write_hyperparams()
-        if state.get("rollback") is not None:  # a kick's rollback point: back into scratch
-            scratch = run._scratch_dir("rollback")
-            if run.local_rank == 0:
-                shutil.copytree(directory / ROLLBACK_TAG, scratch, dirs_exist_ok=True)
-            if dist.is_initialized():
-                dist.barrier()
-            run._rollback = RollbackPoint(scratch, state["rollback"], None)
+        if SGD_SWITCH in run.active:  # the AdamW state to switch back to
+            run._switch_dir = run._unpack(directory / SWITCH_DIR, "switch")
+        if state.get("rollback") is not None:  # a kick's rollback point
+            scratch = run._unpack(directory / ROLLBACK_TAG, "rollback")
+            switch_dir, where = run._switch_dir, state.get("rollback_switch")
+            if where == POINT_SWITCH_DIR:  # a window that has ended since the point
+                switch_dir = run._unpack(directory / POINT_SWITCH_DIR, "switch")
+            elif where is None:
+                switch_dir = None
+            run._rollback = RollbackPoint(scratch, state["rollback"], switch_dir)
         return run
+
+    def _unpack(self, source: Path, purpose: str) -> Path:
+        """A checkpoint's copy of a scratch directory, copied into fresh node-local scratch."""
+        scratch = self._scratch_dir(purpose)
+        if self.local_rank == 0:
+            shutil.copytree(source, scratch, dirs_exist_ok=True)
+        if dist.is_initialized():
+            dist.barrier()  # every rank of the node reads it from here on
+        return scratch
