@@ -128,6 +128,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 run.save(Path(directory))
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report(metrics, checkpoint=checkpoint)
+            if isinstance(source, ChannelCommands):  # the channel may forget what it holds
+                source.client.checkpointed(checkpointed_ack)
         else:
             ray.train.report(metrics)
         started, examples = time.perf_counter(), 0
