@@ -9,7 +9,9 @@ manifest; on resume the ranks agree on the newest checkpoint that all of them ve
 
 With the live control channel (``ChannelCommands``, config ``control=True`` under Tune) every
 report carries the ``control/*`` acknowledgements the scheduler reads, and the first report after
-a command carries a checkpoint, so the rollback point taken before a kick survives a restart.
+a command carries a checkpoint, so the rollback point taken before a kick survives a restart;
+until then the channel keeps the command for a worker group that Train restarts (a rank killed),
+which resumes from an older checkpoint and applies it once.
 """
 
 from __future__ import annotations
