@@ -31,7 +31,7 @@ from tune_plugins import GrokScheduler
 
 pytestmark = pytest.mark.slow
 
-LR, EVAL_EVERY, WINDOW, MAX_STEPS = 3e-3, 10, 40, 80
+LR, EVAL_EVERY, WINDOW, MAX_STEPS = 3e-3, 10, 40, 120
 SPACE = {
     "p": 23,
     "embed_dim": 32,
