@@ -31,7 +31,7 @@ from tune_plugins import GrokScheduler
 
 pytestmark = pytest.mark.slow
 
-LR, EVAL_EVERY, WINDOW, MAX_STEPS = 3e-3, 10, 40, 120
+LR, EVAL_EVERY, WINDOW, MAX_STEPS = 3e-3, 10, 80, 150
 SPACE = {
     "p": 23,
     "embed_dim": 32,
@@ -45,7 +45,7 @@ SPACE = {
     "max_steps": MAX_STEPS,
     "eval_every": EVAL_EVERY,
     "poll_every": 5,
-    "checkpoint_every": 20,
+    "checkpoint_every": 1000,  # only the reports that acknowledge a command checkpoint
     "num_to_keep": 2,
     "max_failures": 1,
     "worker_start_timeout_s": 30,
@@ -60,20 +60,30 @@ KILL_ID = 2  # the rollback
 
 
 class KillOnTake(ChannelCommands):
-    """Rank 0's channel commands; the first time the channel hands it command ``kill_id`` it
-    writes its pid and step to ``marker`` and SIGKILLs its own process: the command has left
-    the channel but was never applied or acknowledged."""
+    """Rank 0's channel commands. Once the channel has handed it command ``KILL_ID``, and a
+    report has come after the checkpoint that acknowledged the command before it (so the
+    restarted ranks repeat a step), it writes its pid and step to ``marker`` and SIGKILLs its
+    own process: the command has left the channel but was never applied or acknowledged."""
 
     def __init__(self, trial_id: str, key: SweepKey, marker: Path) -> None:
         super().__init__(trial_id, key)
         self.marker = marker
+        self.before_kill_at: int | None = None  # the step command KILL_ID - 1 was handed at
+        self.held = False
 
     def __call__(self, step: int) -> list[Any]:
         commands = super().__call__(step)
-        taken = any(isinstance(c, Command) and c.id == KILL_ID for c in commands)
-        if taken and not self.marker.exists():
-            self.marker.write_text(json.dumps({"pid": os.getpid(), "step": step}))
-            os.kill(os.getpid(), signal.SIGKILL)
+        ids = [c.id for c in commands if isinstance(c, Command)]
+        if KILL_ID - 1 in ids:
+            self.before_kill_at = step
+        self.held = self.held or KILL_ID in ids
+        if self.held and not self.marker.exists():
+            assert self.before_kill_at is not None
+            acknowledged = (self.before_kill_at // EVAL_EVERY + 1) * EVAL_EVERY  # checkpointed
+            if step >= acknowledged + EVAL_EVERY:
+                self.marker.write_text(json.dumps({"pid": os.getpid(), "step": step}))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return [c for c in commands if not (isinstance(c, Command) and c.id == KILL_ID)]
         return commands
 
 
@@ -147,6 +157,9 @@ def test_a_killed_rank_resumes_from_the_last_checkpoint_with_its_control_state(
     steps = [row["step"] for row in rows]
     (resume,) = [i for i in range(1, len(rows)) if steps[i] <= steps[i - 1]]  # one restart
     before, after = rows[:resume], rows[resume:]
+    assert [row["control/acked_id"] == KILL_ID for row in rows] == [False] * resume + [True] * (
+        len(rows) - resume
+    )
     assert steps[resume - 1] < killed["step"] + EVAL_EVERY  # killed before its next report
     assert [r["step"] for r in after] == list(range(steps[resume], MAX_STEPS + 1, EVAL_EVERY))
 
