@@ -3,10 +3,10 @@
 
 The driver posts three commands through the live control channel, each once the trial has
 acknowledged the one before: an lr kick with a window, a batch-size kick, then a rollback of the
-batch-size kick. Rank 0 is killed (SIGKILL, by itself) right after the channel hands it the
-rollback, before it applies or acknowledges it. Train restarts both workers from the last
-DeepSpeed checkpoint; the run must carry on with the control state of that checkpoint and apply
-the rollback exactly once, and GrokScheduler must see every step once.
+batch-size kick. Rank 0 takes the rollback from the channel, holds it unapplied until a report
+has followed the last checkpoint, and is then killed (SIGKILL, by itself). Train restarts both
+workers from that checkpoint, so steps repeat; the run must carry on with the control state of
+that checkpoint and apply the rollback exactly once, and GrokScheduler must see every step once.
 """
 
 from __future__ import annotations
