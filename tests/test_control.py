@@ -542,11 +542,13 @@ class _SlowMailbox:
     def __init__(self, key: SweepKey) -> None:
         self.key, self.calls = key, 0
 
-    def take(self, trial_id: str) -> list[dict[str, Any]]:
+    def take(self, trial_id: str, *reader: Any) -> list[tuple[int, dict[str, Any]]]:
         self.calls += 1
         if self.calls == 1:
             time.sleep(2.0)
-        return [signed({"id": self.calls - 1, "type": "rollback"}, trial_id, self.key)]
+        return [
+            (self.calls, signed({"id": self.calls - 1, "type": "rollback"}, trial_id, self.key))
+        ]
 
 
 def test_a_slow_channel_delays_commands_but_neither_fails_nor_loses_them(local_ray) -> None:
@@ -597,3 +599,34 @@ def test_forged_commands_posted_to_the_actor_are_refused_and_the_genuine_one_app
         assert sum(f"not applied: {reason} (" in w for w in warnings) == 1, reason
     assert all(f"trial {trial} (sweep {channel.key.sweep_id})" in w for w in warnings)
     ray.kill(actor)
+
+
+def test_a_command_a_dead_worker_polled_comes_back_once_to_the_worker_that_resumes(
+    local_ray, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="grokschedule.adapters.control_channel")
+    name, trial = "redelivery-test", "trial_00000"
+    channel = ControlChannel(name=name)
+    for command_id in (0, 1):
+        channel.post(trial, kick(command_id, BENIGN))
+
+    def worker(acked_id: int) -> ControlClient:  # a (re)started worker, restored at acked_id
+        return ControlClient(trial, poll_every=1, key=channel.key, name=name, acked_id=acked_id)
+
+    first = worker(-1)
+    assert [c.id for c in first.poll(0)] == [0, 1]
+    first.checkpointed(0)  # a checkpoint holds 0; the worker dies before one holds 1
+    assert first.poll(1) == []  # each client gets a command once
+    second = worker(0)  # resumed from that checkpoint: 0 is done, 1 is not
+    assert [c.id for c in second.poll(0)] == [1]
+    second.checkpointed(1)
+    assert second.poll(1) == [] and worker(1).poll(0) == []  # forgotten once checkpointed
+    genuine = signed(kick(1, BENIGN), trial, channel.key)
+    ray.get(ray.get_actor(name).post.remote(trial, genuine))  # a replay is still refused
+    third = worker(1)
+    assert third.poll(0) == [] and third.metrics() == {REFUSED: 1}
+    assert worker(1).poll(0) == []  # and dropped once refused: not refused again
+    assert first.metrics() == second.metrics() == {REFUSED: 0}
+    refusals = [r.getMessage() for r in caplog.records if "refused a command" in r.getMessage()]
+    assert len(refusals) == 1 and f"not applied: {REPLAYED} (" in refusals[0]
+    ray.kill(ray.get_actor(name))

@@ -223,6 +223,24 @@ def test_a_restarted_driver_continues_the_same_runs(
     assert sum(r["op"] == "create_run" for r in records) == 2  # parent + t1, once each
 
 
+def test_a_resumed_trial_s_repeated_steps_are_logged_once(
+    store: tuple[Path, str], tmp_path: Path
+) -> None:
+    uri = _experiment(store, "repeated")
+    logger = _logger(tmp_path, uri, "repeated")
+    logger.start_sweep("repeated steps", {}, {})
+    logger.start_trial("t1", "t1", {"lr": 0.1})
+    for step, value in [(50, 0.1), (100, 0.2), (150, 0.3)]:
+        logger.log_result("t1", step, {"val_acc": value})
+    logger.start_trial("t1", "t1", {"lr": 0.1})  # retried from its checkpoint at step 50
+    for step, value in [(100, 0.25), (150, 0.35), (200, 0.4)]:
+        logger.log_result("t1", step, {"val_acc": value})
+    logger.end_trial("t1", "t1", [])
+    assert logger.end_sweep()
+    (trial,) = mlflow_view(uri, "repeated").trials
+    assert trial.history("val_acc") == [(50, 0.1), (100, 0.2), (150, 0.3), (200, 0.4)]
+
+
 def test_credentials_come_from_the_environment_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

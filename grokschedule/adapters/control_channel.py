@@ -13,9 +13,15 @@ channel's key there when a trial is added (``key_from_config`` reads it back). I
 the secret, and the MLflow callback leaves the entry out of the trial's params; Tune's pickled
 experiment state holds it, as it holds the rest of the config.
 
-Delivery is at most once: the channel drops a trial's commands when they are polled, so a command
-polled by a worker that dies before its next checkpoint is gone. The scheduler sees that as
-``control/acked_id`` not advancing (or going back) and may post it again under a new id.
+Delivery is exactly once across worker restarts: the channel keeps a command it handed out
+until the trainer reports a checkpoint that holds its acknowledgement (``ControlClient.
+checkpointed``), and hands every command still kept to a client that starts afresh (a restarted
+worker). So a command that a worker polled, or even applied, but died before checkpointing is
+polled again by its successor, which resumed from a checkpoint from before it, and applied once;
+one the restored checkpoint already acknowledges is not handed out again. Each client is handed
+a command once; a refused one is dropped at the next poll. A trainer that resumes from an
+*older* checkpoint than its last (the newest was corrupt) does not get back commands that a
+newer checkpoint had acknowledged.
 
 The channel is one named actor per Ray namespace (``CHANNEL_NAME``), made with
 ``get_if_exists=True`` by the first ``post``, so the Tune driver owns it and it ends with the
@@ -27,6 +33,7 @@ gone, and a detached actor would outlive crashed sweeps on a shared cluster.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -53,20 +60,55 @@ def key_from_config(config: Mapping[str, Any]) -> SweepKey:
     return key
 
 
-class _Mailbox:
-    """The actor's body: per-trial queues of signed command envelopes."""
+def _command_id(envelope: object) -> int | None:
+    """The command id an envelope claims (None if malformed); ``CommandGate`` checks the claim."""
+    command = envelope.get("command") if isinstance(envelope, Mapping) else None
+    claimed = command.get("id") if isinstance(command, Mapping) else None
+    return claimed if isinstance(claimed, int) and not isinstance(claimed, bool) else None
+
+
+class _Log:
+    """One trial's envelopes by sequence number, and how far each reader has been handed them."""
 
     def __init__(self) -> None:
-        self._queues: dict[str, list[object]] = {}
+        self.entries: dict[int, object] = {}
+        self.next_seq = 0
+        self.readers: dict[str, int] = {}  # reader -> the last sequence number handed to it
+        self.handed = -1  # the last sequence number handed to any reader
+
+
+class _Mailbox:
+    """The actor's body: per-trial logs of signed command envelopes (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, _Log] = {}
 
     def post(self, trial_id: str, envelope: object) -> None:
-        self._queues.setdefault(trial_id, []).append(envelope)
+        log = self._logs.setdefault(trial_id, _Log())
+        log.entries[log.next_seq] = envelope
+        log.next_seq += 1
 
-    def take(self, trial_id: str) -> list[object]:
-        return self._queues.pop(trial_id, [])
+    def take(
+        self, trial_id: str, reader: str, checkpointed: int, refused: list[int]
+    ) -> list[tuple[int, object]]:
+        """What ``reader`` has not been handed yet, as ``(sequence number, envelope)``, after
+        dropping the ``refused`` entries and those handed out before whose id is at or below
+        ``checkpointed`` (acknowledged in a checkpoint: no restarted worker needs them)."""
+        log = self._logs.get(trial_id)
+        if log is None:
+            return []
+        for seq in refused:
+            log.entries.pop(seq, None)
+        for seq, envelope in list(log.entries.items()):
+            command_id = _command_id(envelope)
+            if seq <= log.handed and command_id is not None and command_id <= checkpointed:
+                del log.entries[seq]
+        cursor = log.readers.get(reader, -1)
+        log.readers[reader] = log.handed = log.next_seq - 1
+        return [(seq, envelope) for seq, envelope in log.entries.items() if seq > cursor]
 
     def discard(self, trial_id: str) -> None:
-        self._queues.pop(trial_id, None)
+        self._logs.pop(trial_id, None)
 
 
 class ControlChannel:
@@ -126,7 +168,9 @@ class ControlClient:
     poll that ``key`` authenticates, asking the actor at most every ``poll_every`` steps. Until
     the scheduler has posted anything the actor may not exist yet; that reads as no commands.
     ``acked_id`` is the trainer's last applied command (after a restore): nothing at or below it
-    is admitted again. ``metrics()`` is the ``control/refused`` count for each report.
+    is admitted again. ``metrics()`` is the ``control/refused`` count for each report. Call
+    ``checkpointed(acked_id)`` after each report whose checkpoint holds ``acked_id``, so the
+    channel can forget the commands up to it; until then it keeps them for a restarted worker.
 
     A slow answer never fails the trial: after ``timeout_s`` the poll returns nothing and keeps
     the request, whose commands (the actor has already handed them over) come with a later poll
@@ -149,8 +193,12 @@ class ControlClient:
         self.trial_id, self.poll_every = trial_id, poll_every
         self.name, self.namespace, self.timeout_s = name, namespace, timeout_s
         self._handle: ActorHandle[_Mailbox] | None = None
-        self._pending: ObjectRef[list[object]] | None = None
+        self._pending: ObjectRef[list[tuple[int, object]]] | None = None
         self._next_poll: int | None = None
+        # Drawn at the first poll, so each worker that unpickles this client reads afresh.
+        self._reader: str | None = None
+        self._checkpointed = acked_id
+        self._refused: list[int] = []  # sequence numbers refused, for the channel to drop
 
     def metrics(self) -> dict[str, int]:
         return self.gate.metrics()
@@ -158,6 +206,12 @@ class ControlClient:
     def acknowledged(self, acked_id: int) -> None:
         """The trainer applied ``acked_id`` by other means (restored from a checkpoint)."""
         self.gate.acknowledged(acked_id)
+        self.checkpointed(acked_id)
+
+    def checkpointed(self, acked_id: int) -> None:
+        """A checkpoint holding ``acked_id`` was reported: a restarted worker resumes at or
+        after it, so the channel may forget the commands up to it (at the next poll)."""
+        self._checkpointed = max(self._checkpointed, acked_id)
 
     def poll(self, step: int) -> list[Command]:
         if self._next_poll is not None and step < self._next_poll:
@@ -171,7 +225,12 @@ class ControlClient:
                     self._handle = ray.get_actor(self.name, namespace=self.namespace)
                 except ValueError:  # not made yet: nothing was ever posted
                     return []
-            self._pending = self._handle.take.remote(self.trial_id)
+            if self._reader is None:
+                self._reader = uuid.uuid4().hex
+            refused, self._refused = self._refused, []
+            self._pending = self._handle.take.remote(
+                self.trial_id, self._reader, self._checkpointed, refused
+            )
         ready, _ = ray.wait([self._pending], timeout=self.timeout_s)
         if not ready:
             logger.warning(
@@ -184,9 +243,10 @@ class ControlClient:
             return []
         request, self._pending = self._pending, None
         admitted = []
-        for envelope in ray.get(request):
+        for seq, envelope in ray.get(request):
             verdict = self.gate.admit(envelope)
             if isinstance(verdict, Refusal):
+                self._refused.append(seq)
                 logger.warning(
                     "control channel: trial %s (sweep %s) refused a command at step %d, "
                     "not applied: %s",

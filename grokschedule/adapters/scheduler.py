@@ -143,6 +143,7 @@ class GrokScheduler(FIFOScheduler):
         self.policy = GrokPolicy(config) if metric is not None and mode is not None else None
         self._checked: set[str] = set()
         self._steps: dict[str, float] = {}
+        self._replaying: set[str] = set()  # trials repeating steps after a resume (logged once)
         self._errors: dict[str, str] = {}
         # Each trial's config as it started: kicks by restart rewrite trial.config, and the
         # summary names a trial by what the user ran.
@@ -185,10 +186,22 @@ class GrokScheduler(FIFOScheduler):
         if trial_id not in self._checked:
             self._check_contract(trial_id, result)
         obs = Observation.from_result(result, self._names, self._known_control(trial, result))
-        if obs.step <= self._steps.get(trial_id, -math.inf):
+        last = self._steps.get(trial_id, -math.inf)
+        if obs.step <= last:
             # A trial resumed from an older checkpoint (a failure, Tuner.restore) repeats steps
             # the policy has seen; its windows and patience would count them twice.
+            if trial_id not in self._replaying:
+                self._replaying.add(trial_id)
+                logger.info(
+                    "GrokScheduler: trial %s resumed at step %g, before its last result at "
+                    "step %g; its results up to step %g are ignored (already seen)",
+                    trial_id,
+                    obs.step,
+                    last,
+                    last,
+                )
             return self.CONTINUE
+        self._replaying.discard(trial_id)
         self._steps[trial_id] = obs.step
         decision = policy.observe(trial_id, obs)
         if decision.command is not None:

@@ -184,7 +184,11 @@ class SweepLogger:
         decision: Decision | None = None,
     ) -> None:
         """One result: its scalars (and the signals behind ``decision``) at the trial's step,
-        and the phase tags when the phase or reason changed."""
+        and the phase tags when the phase or reason changed. A result at or before the trial's
+        last step (a trial resumed from an older checkpoint repeats steps) is not logged: MLflow
+        keeps each (metric, step) once, with the value the scheduler decided on."""
+        if step <= self._steps.get(key, -math.inf):
+            return
         values = {k: float(v) for k, v in metrics.items() if _loggable(k, v)}
         if decision is not None:
             for name, value in decision.signals.items():

@@ -72,6 +72,8 @@ def modular_trainable(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as directory:
                 _save_state(trainer.state_dict(), Path(directory))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            if client is not None:
+                client.checkpointed(checkpointed_ack)
         else:
             tune.report(metrics)
 

@@ -10,7 +10,8 @@ manifest; on resume the ranks agree on the newest checkpoint that all of them ve
 With the live control channel (``ChannelCommands``, config ``control=True`` under Tune) every
 report carries the ``control/*`` acknowledgements the scheduler reads, and the first report after
 a command carries a checkpoint, so the rollback point taken before a kick survives a restart,
-inside an sgd_switch window too.
+inside an sgd_switch window too; until then the channel keeps the command for a worker group
+that Train restarts (a rank killed), which resumes from an older checkpoint and applies it once.
 A run with a LoRA adapter reports its rank in force (``control/lora_rank``, grown by a lora_rank
 kick) and the largest its layers allow (``control/lora_rank_limit``), on either path.
 """
@@ -142,6 +143,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 run.save(Path(directory))
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report(metrics, checkpoint=checkpoint)
+            if isinstance(source, ChannelCommands):  # the channel may forget what it holds
+                source.client.checkpointed(checkpointed_ack)
         else:
             ray.train.report(metrics)
         started, examples = time.perf_counter(), 0
