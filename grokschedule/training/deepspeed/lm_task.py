@@ -177,12 +177,20 @@ class LMTask:
         else:
             pairs, probe = composition_problems(config.perm_size, config.seed)
         operator = "+" if config.op == "add" else "*"
-        sets = build_probe_sets(
-            pairs + probe,
-            harder=lambda example: example[0].count(operator) > 1,  # more operands than trained on
-            val_fraction=1.0 - config.train_fraction,
-            seed=config.seed,
-        )
+        try:
+            sets = build_probe_sets(
+                pairs + probe,
+                harder=lambda example: example[0].count(operator) > 1,  # more operands
+                val_fraction=1.0 - config.train_fraction,
+                seed=config.seed,
+            )
+        except ValueError as error:  # in the task's own keys, as check_task words it
+            size = f"lm_p={config.p}" if config.op == "add" else f"lm_perm_size={config.perm_size}"
+            raise ValueError(
+                f"task 'lm': the 'val' set is empty ({error}) with lm_op={config.op!r}, {size}, "
+                f"lm_train_fraction={config.train_fraction}; lower lm_train_fraction or raise "
+                f"{size.split('=')[0]}"
+            ) from None
         self.probe_set_sizes = sets.report
         # Each split padded to its own longest example (bos, prompt, answer, eos): the
         # three-operand probe is longer, and padding training to it would cost a third more.
