@@ -31,7 +31,9 @@ def test_the_table_compares_each_kicked_run_with_the_same_config_unkicked() -> N
 
 
 @pytest.mark.slow
-def test_a_tiny_run_kicks_every_arm_on_the_same_step(tmp_path: Path) -> None:
+def test_a_tiny_run_kicks_every_arm_on_the_same_step(process_group: None, tmp_path: Path) -> None:
+    """Under the suite's shared one-rank group (``single_process_group`` reuses a group that
+    exists; DeepSpeed then needs the rank variables the fixture sets)."""
     pytest.importorskip("deepspeed")
     pytest.importorskip("peft")
     from grokschedule.bench.lm_kicks import lm_kicks_main
