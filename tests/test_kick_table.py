@@ -116,6 +116,8 @@ def test_a_run_plain_adamw_groks_and_the_kicked_one_does_not_is_lost() -> None:
     assert kicked["plain_median_steps"] == 1500 and kicked["median_steps"] == 1100
     worst = worst_groups(rows)
     assert worst[-1]["variant"] == "lr×3 300 @1×" and worst[-1]["lost"] == 1  # lost ranks last
+    # Both plain runs memorized at 100: no kick after that can beat 1500 / 100 = 15×.
+    assert kicked["ceiling"] == 15 and worst[-1]["worst_ceiling"] == 15
 
 
 def test_the_rollback_kick_policy_would_order_is_found() -> None:

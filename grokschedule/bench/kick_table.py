@@ -597,7 +597,9 @@ def variant(outcome: RunOutcome) -> str:
 def summarize(outcomes: Sequence[RunOutcome], budget: int) -> list[dict[str, Any]]:
     """One row per (group, variant) and per variant over all groups (``group`` "all"):
     runs, grokked, median steps to grok (never = ``budget``), speed-up of that median against
-    the plain runs', runs grokking only with it, lost, forgetting, rollbacks."""
+    the plain runs', runs grokking only with it, lost, forgetting, rollbacks, and ``ceiling``:
+    the plain median over the plain runs' median memorization step, the most any kick can do
+    once a run has memorized (it cannot grok before it fits its training set)."""
     plain = {o.config: o for o in outcomes if o.kick == PLAIN}
     by: dict[tuple[str, str], list[RunOutcome]] = defaultdict(list)
     for o in outcomes:
@@ -608,6 +610,8 @@ def summarize(outcomes: Sequence[RunOutcome], budget: int) -> list[dict[str, Any
         bases = [plain[o.config] for o in runs]
         median = statistics.median(o.grok_step or budget for o in runs)
         base_median = statistics.median(o.grok_step or budget for o in bases)
+        memorized = [o.memorized_step for o in bases if o.memorized_step]
+        ceiling = base_median / statistics.median(memorized) if memorized else math.nan
         rows.append(
             {
                 "group": group,
@@ -627,6 +631,7 @@ def summarize(outcomes: Sequence[RunOutcome], budget: int) -> list[dict[str, Any
                 ),
                 "forgetting": sum(o.forgot for o in runs),
                 "rollbacks": sum(o.rollback_step is not None for o in runs),
+                "ceiling": ceiling,
             }
         )
     return rows
@@ -647,6 +652,7 @@ def worst_groups(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "variant": name,
                 "worst_group": worst["group"],
                 "worst_speedup": worst["speedup"],
+                "worst_ceiling": worst["ceiling"],
                 "lost": sum(r["lost"] for r in groups),
                 "grok_only_with": sum(r["grok_only_with"] for r in groups),
                 "forgetting": sum(r["forgetting"] for r in groups),
@@ -770,7 +776,7 @@ def kicks_main(argv: Sequence[str] | None = None) -> int:
     rows = summarize(outcomes + defaults_outcomes(outcomes, preset.kicks), preset.steps)
     worst = worst_groups(rows)
     best = best_per_group(rows)
-    columns = ("variant", "worst_group", "worst_speedup", "lost", "grok_only_with")
+    columns = ("variant", "worst_group", "worst_speedup", "worst_ceiling", "lost", "grok_only_with")
     print("\nPer kick, its worst group (best first):")
     print(markdown(worst, (*columns, "forgetting", "rollbacks", "grokked", "runs")))
     print("\nPer group, plain AdamW and the best kick that loses no run there:")
@@ -784,6 +790,7 @@ def kicks_main(argv: Sequence[str] | None = None) -> int:
             "grokked": f"{b['grokked']}/{b['runs']}",
             "median": b["median_steps"],
             "speedup": b["speedup"],
+            "ceiling": p["ceiling"],
             "lost": b["lost"],
             "forgetting": b["forgetting"],
         }
