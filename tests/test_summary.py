@@ -77,3 +77,33 @@ def test_a_trial_is_named_by_its_original_config_rounded_with_its_kicks_listed()
     assert describe_config({"weight_decay": 0.8999999999999999, "lr": 12345.678}) == (
         "weight_decay=0.9,lr=12300"
     )
+
+
+def test_the_summary_names_trials_by_what_varies_across_the_sweep() -> None:
+    """An LM sweep over rank, data fraction and weight decay: each trial is named by those (short
+    names, rounded values), not by a fixed list that leaves out `lm_*` keys and repeats an lr
+    every trial shares."""
+    shared = {"task": "lm", "lr": 3e-3, "seed": 0}
+    configs = {
+        "t0": {"lm_lora_rank": None, "lm_train_fraction": 0.2, "weight_decay": 0.0, **shared},
+        "t1": {"lm_lora_rank": 8, "lm_train_fraction": 0.5, "weight_decay": 0.3 * 3, **shared},
+    }
+    trials = [
+        TrialOutcome.of(trial, [], None, 100, 2000, config=config)
+        for trial, config in configs.items()
+    ]
+    summary = SweepSummary(trials, max_t=2000, metric="val_acc")
+    assert summary.names() == {
+        "t0": "t0(rank=None frac=0.2 wd=0)",
+        "t1": "t1(rank=8 frac=0.5 wd=0.9)",
+    }
+    assert "  t1(rank=8 frac=0.5 wd=0.9)" in summary.render()
+    # Trials nothing tells apart keep their config in the name.
+    twins = SweepSummary(
+        [trials[1], TrialOutcome.of("t2", [], None, 100, 2000, config=configs["t1"])],
+        2000,
+        "val_acc",
+    )
+    assert (
+        twins.names()["t2"] == "t2(lm_train_fraction=0.5,lm_lora_rank=8,weight_decay=0.9,lr=0.003)"
+    )

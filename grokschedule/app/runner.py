@@ -110,9 +110,10 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     )
     results = tuner.fit()
     summary = scheduler.summary()
-    # Named by the config each trial started with (SweepSummary.render's default), not by
-    # result.config, which a kick by restart has rewritten (weight_decay=0.8999999999999999).
-    names = {trial.trial_id: trial.name for trial in summary.trials}
+    # Named by what tells the config each trial started with from the others' (as
+    # SweepSummary.render does), not by result.config, which a kick by restart has rewritten
+    # (weight_decay=0.8999999999999999).
+    names = summary.names()
     return SweepOutcome(
         results=results,
         summary=summary,

@@ -35,6 +35,8 @@ SHORT_NAMES: Mapping[str, str] = {
     "num_workers": "workers",
     "precision": "prec",
     "lora_rank": "rank",
+    "lm_lora_rank": "rank",
+    "lm_train_fraction": "frac",
 }
 MAX_PLAIN = 8  # a name this short is kept as it is
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grokschedule.core.decision import Decision, DecisionKind
-from grokschedule.core.labels import format_value
+from grokschedule.core.labels import format_value, short_labels
 from grokschedule.core.phases import Phase
 
 
@@ -34,7 +34,16 @@ class Verdict:
 
 
 # The keys a trial is named by, in this order, when its config has them; others follow.
-NAME_KEYS = ("op", "p", "train_fraction", "weight_decay", "lr")
+NAME_KEYS = (
+    "op",
+    "p",
+    "train_fraction",
+    "lm_op",
+    "lm_train_fraction",
+    "lm_lora_rank",
+    "weight_decay",
+    "lr",
+)
 
 
 def describe_config(
@@ -188,10 +197,22 @@ class SweepSummary:
     def stopped(self) -> list[TrialOutcome]:
         return [t for t in self.trials if t.phase in (Phase.STALLED, Phase.DIVERGED)]
 
+    def names(self) -> dict[str, str]:
+        """Per trial, ``a1b2c_00003(frac=0.2 rank=8 wd=1)``: its id and the parameters of its
+        original config that vary across the sweep (``core.labels.short_labels``); a trial
+        nothing tells apart (a single one, repeated samples) by its config (``name``)."""
+        labels = short_labels({t.trial_id: t.config for t in self.trials})
+        names = {}
+        for t in self.trials:
+            label = labels[t.trial_id].removesuffix(f" ({t.trial_id})")
+            names[t.trial_id] = t.name if label == t.trial_id else f"{t.trial_id}({label})"
+        return names
+
     def render(self, names: dict[str, str] | None = None) -> str:
         """A plain-text report for the console: each trial by ``names[trial_id]`` if given,
-        else by its original config (``TrialOutcome.name``), its kicks listed under it."""
-        names = names or {}
+        else by what tells its original config from the others' (``names()``), its kicks
+        listed under it."""
+        names = names or self.names()
 
         def entry(t: TrialOutcome, text: str) -> list[str]:
             kicks = [f"    kick {k}" for k in t.verdict.applied_kicks]
