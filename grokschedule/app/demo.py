@@ -30,7 +30,7 @@ MAX_T = 3_000
 MAX_EXTENSION = 1_500
 DEMO_EXPERIMENT = "grokschedule-demo"
 LM_DEMO_EXPERIMENT = "grokschedule-demo-lm"
-LM_MAX_T = 3_000
+LM_MAX_T = 2_000
 LM_MAX_EXTENSION = 1_000
 TASKS = ("modular", "lm")
 
@@ -80,10 +80,10 @@ def lm_demo_settings(root: Path, quick: bool = False) -> SweepSettings:
         "lm_perm_size": 4,
         "lm_hidden": 64,
         "lm_layers": 2,
-        "lm_train_fraction": 0.5,
+        "lm_train_fraction": tune.grid_search([0.5] if quick else [0.2, 0.5]),
         "lm_lora_rank": tune.grid_search([None] if quick else [None, 8]),
         "weight_decay": tune.grid_search([0.0, 1.0]),
-        "lr": tune.grid_search([3e-3] if quick else [3e-3, 1e-2]),
+        "lr": 3e-3,
         "num_workers": 1,
         "cpus_per_worker": 0.9,  # with the Tune functions' 0.01 each, two trials fit 2 CPUs
         "zero_stage": 2,
@@ -102,10 +102,11 @@ def lm_demo_settings(root: Path, quick: bool = False) -> SweepSettings:
         "max_t": max_t,
         "max_extension": extension,
         "grok_threshold": 0.95,
-        "interventions": True,
-        # Memorization comes late in these runs (~1,300 steps), so patience and the predictor's
+        # One kick per trial, so a memorizer is kicked once, then judged within the budget.
+        "interventions": {"max_kicks": 1},
+        # Memorization comes late in these runs (~1,000 steps), so patience and the predictor's
         # judgement count from it at smaller multiples than the defaults (20× and 4×).
-        "patience_factor": 1.0,
+        "patience_factor": 0.5,
         "judge_after": 1.5,
     }
     return SweepSettings(
