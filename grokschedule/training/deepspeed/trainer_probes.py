@@ -160,11 +160,12 @@ class HeldBudgetSchedule(ProbeSchedule):
 
     The parent sets the gap after a probe to that probe's cost / (budget · running-mean step
     time). That never repays the first probe, taken at ``every`` steps before its cost is known
-    (in ``bench probes --task lm`` one scheduled probe costs about one training step, 2.5–3.5 %
-    of the first 50 steps), and the running mean starts at the slow first steps, so the gaps
-    that follow come out short: measured, 1.1–1.2 % of the training time over 400 steps at a 1 %
-    budget. Here a probe is due once ``every`` steps have passed *and* the training time so far
-    pays for every probe taken plus one more at the last one's cost::
+    (in ``bench probes --task lm`` one scheduled probe costs about one training step: 2.7–3.5 %
+    of the first 50 steps' training time), nor a probe dearer than the one before (1.5 % of its
+    interval), nor slow first steps, which inflate the running mean and shorten the gaps: the
+    bench measured 1.1–1.2 % of the training time over 400 steps at a 1 % budget. Here a probe is
+    due once ``every`` steps have passed *and* the training time so far pays for every probe
+    taken plus one more at the last one's cost::
 
         budget · Σ step seconds ≥ Σ probe seconds + last probe's seconds
 
