@@ -164,45 +164,50 @@ class HeldBudgetSchedule(ProbeSchedule):
     of the first 50 steps' training time), nor a probe dearer than the one before (1.5 % of its
     interval), nor slow first steps, which inflate the running mean and shorten the gaps: the
     bench measured 1.1–1.2 % of the training time over 400 steps at a 1 % budget. Here a probe is
-    due once ``every`` steps have passed *and* the training time so far pays for every probe
-    taken plus one more at the last one's cost::
+    due once ``every`` steps have passed, the training time so far pays for every probe taken
+    plus one more at the last one's cost, *and* the training time since the last probe pays for
+    one (no saving is spent on a short interval)::
 
         budget · Σ step seconds ≥ Σ probe seconds + last probe's seconds
+        budget · Σ step seconds since the last probe ≥ last probe's seconds
 
-    so from the second probe on, each probe is taken only when the run's total probe time, this
-    probe included, stays within the budget (while a probe costs no more than the one before),
-    and the first probe's overspend is repaid. ``interval`` is the estimated gap to the next probe
-    (``grok/probe_interval``)."""
+    so from the second probe on, while a probe costs no more than the one before, the run's
+    total and each interval stay within the budget, and the first probe's overspend is repaid.
+    ``interval`` is the estimated gap to the next probe (``grok/probe_interval``)."""
 
     def __init__(self, every: int, budget: float = 0.01) -> None:
         super().__init__(every, budget)
         self.train_seconds = 0.0  # Σ step seconds
         self.probe_seconds = 0.0  # Σ probe seconds
         self.last_cost = 0.0  # the last probe's seconds: what the next one is expected to cost
+        self.train_at_last = 0.0  # Σ step seconds when the last probe was taken
 
     def step_done(self, seconds: float) -> None:
         super().step_done(seconds)
         self.train_seconds += seconds
 
     def due(self, step: int) -> bool:
-        paid = self.budget * self.train_seconds >= self.probe_seconds + self.last_cost
-        return step - self.last_step >= self.every and paid
+        run_paid = self.budget * self.train_seconds >= self.probe_seconds + self.last_cost
+        interval_paid = self.budget * (self.train_seconds - self.train_at_last) >= self.last_cost
+        return step - self.last_step >= self.every and run_paid and interval_paid
 
     def probed(self, step: int, seconds: float) -> None:
         self.last_step, self.last_cost = step, seconds
         self.probe_seconds += seconds
-        owed = (self.probe_seconds + seconds) / self.budget - self.train_seconds
+        self.train_at_last = self.train_seconds
+        owed = max((self.probe_seconds + seconds) / self.budget - self.train_seconds, 0.0)
+        owed = max(owed, seconds / self.budget)  # training seconds until the next is paid for
         steps = math.ceil(owed / self.step_seconds) if self.step_seconds else 0
         self.interval = max(self.every, steps)
 
     def state_dict(self) -> dict[str, Any]:
-        totals = ("train_seconds", "probe_seconds", "last_cost")
+        totals = ("train_seconds", "probe_seconds", "last_cost", "train_at_last")
         return {**super().state_dict(), **{k: getattr(self, k) for k in totals}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Also a ``ProbeSchedule`` state (no totals): the budget is then counted from here."""
         super().load_state_dict(state)
-        for key in ("train_seconds", "probe_seconds", "last_cost"):
+        for key in ("train_seconds", "probe_seconds", "last_cost", "train_at_last"):
             setattr(self, key, float(state.get(key, 0.0)))
 
 
