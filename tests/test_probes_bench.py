@@ -114,6 +114,7 @@ def test_a_tiny_bench_measures_every_signal_and_the_loop(
         assert sum(p["probe_ms"] for p in probes) / 1e3 == pytest.approx(r["probe_s"])
         assert r["overhead_mean"] == pytest.approx(r["probe_s"] / r["wall_s"])
         assert r["first_interval"] == probes[0]
+        assert r["budget_held"] == (r["probe_s"] <= 0.5 * r["train_s"])
     assert dense["costs_ms"]["pathways_ms"] == 0.0 and moe["costs_ms"]["pathways_ms"] > 0
     table = capsys.readouterr().out
     assert "| MoE pathways | — | — |" in table
