@@ -14,6 +14,8 @@ first probe, at memorization, at grok and at the end, its minimum, and the first
 normalized entropies fall below ``--threshold`` (0.61, arXiv 2604.13123).
 
     OMP_NUM_THREADS=1 grokschedule bench probes --archs mlp moe --output probes_bench.json
+
+``--task lm`` measures the LM probes on the DeepSpeed trainer instead (``bench.lm_probes``).
 """
 
 from __future__ import annotations
@@ -220,16 +222,27 @@ def report(
 
 def probes_bench_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=20, help="calls per cost measurement")
-    parser.add_argument("--steps", type=int, default=2_500, help="steps per behaviour run")
+    parser.add_argument(
+        "--task", choices=("modular", "lm"), default="modular", help="lm: the DeepSpeed LM probes"
+    )
+    parser.add_argument("--repeats", type=int, help="calls per cost measurement (20; lm: 10)")
+    parser.add_argument("--steps", type=int, help="steps per behaviour run (2,500; lm: 400)")
     parser.add_argument("--probe-every", type=int, default=50)
     parser.add_argument("--threshold", type=float, default=0.61)
     parser.add_argument("--archs", nargs="+", default=["mlp"], help="archs of the part-2 runs")
     parser.add_argument("--skip-costs", action="store_true", help="part 2 (runs) only")
     parser.add_argument("--skip-runs", action="store_true", help="part 1 (costs) only")
+    parser.add_argument("--probe-budget", type=float, default=0.01, help="lm only")
+    parser.add_argument("--eval-every", type=int, default=50, help="lm only: steps per report")
+    parser.add_argument("--lm-op", choices=("add", "compose"), default="add", help="lm only")
+    parser.add_argument("--tiny", action="store_true", help="lm only: a tiny model (seconds)")
     parser.add_argument("--output", type=Path, default=Path("probes_bench.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.task == "lm":
+        return _lm_main(args)
+    args.repeats = 20 if args.repeats is None else args.repeats
+    args.steps = 2_500 if args.steps is None else args.steps
     costs = (
         []
         if args.skip_costs
@@ -247,6 +260,30 @@ def probes_bench_main(argv: Sequence[str] | None = None) -> int:
     print(report(costs, runs, args.threshold, args.probe_every))
     args.output.write_text(json.dumps({"costs": costs, "runs": runs}, indent=1))
     print(f"\nwrote {args.output}")
+    return 0
+
+
+TINY_LM = {"lm_p": 7, "lm_perm_size": 3, "lm_hidden": 16, "lm_layers": 1, "lm_heads": 2}
+
+
+def _lm_main(args: argparse.Namespace) -> int:
+    from grokschedule.bench.lm_probes import LMProbeOptions, lm_probe_costs, lm_report
+
+    options = LMProbeOptions(
+        steps=400 if args.steps is None else args.steps,
+        repeats=10 if args.repeats is None else args.repeats,
+        probe_every=args.probe_every,
+        probe_budget=args.probe_budget,
+        eval_every=args.eval_every,
+        op=args.lm_op,
+        model=TINY_LM if args.tiny else {},
+    )
+    start = time.perf_counter()
+    rows = lm_probe_costs(options)
+    print(lm_report(rows))
+    print(f"\n({time.perf_counter() - start:.0f} s)")
+    args.output.write_text(json.dumps({"lm": rows}, indent=1))
+    print(f"wrote {args.output}")
     return 0
 
 
