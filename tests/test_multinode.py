@@ -19,6 +19,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -287,7 +288,7 @@ def test_submitted_sweep_runs_its_trials_on_the_gpu_node(cluster: Cluster) -> No
 # -- a worker node lost mid-sweep --------------------------------------------------------------
 # Last in the module: it adds a node and kills it. Four trials fill the two worker nodes (two
 # gpu_node slots each); the added node's two are retried on the other worker once it has room.
-LOST_NODE_STEPS, LOST_NODE_EVAL, LOST_NODE_CHECKPOINT = 3000, 100, 300
+LOST_NODE_STEPS, LOST_NODE_EVAL, LOST_NODE_CHECKPOINT = 2000, 100, 200
 
 
 def _rows(trial_dir: Path) -> list[dict[str, Any]]:
@@ -309,3 +310,148 @@ def _in_session(pid: int, session: int) -> bool:
         return os.getsid(pid) == session
     except ProcessLookupError:
         return False
+
+
+def _checkpointed(rows: list[dict[str, Any]]) -> list[int]:
+    """The steps of a trial's results that carried a checkpoint, as the driver recorded them."""
+    return [row["step"] for row in rows if row.get("checkpoint_dir_name")]
+
+
+def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    before = {n["node_id"] for n in _alive_nodes(cluster.dashboard, cluster.token)}
+    node = cluster.start(
+        [f"--address={cluster.gcs}", "--num-cpus=2", '--resources={"gpu_node": 2}'], "lost"
+    )
+    _wait_for_nodes(cluster.dashboard, cluster.token, len(before) + 1, node)
+    lost_id = next(
+        n["node_id"]
+        for n in _alive_nodes(cluster.dashboard, cluster.token)
+        if n["node_id"] not in before
+    )
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = {
+        "trainable": "modular",
+        "search_space": {
+            "p": 23,
+            "embed_dim": 32,
+            "hidden_dim": 64,
+            "weight_decay": 0.0,
+            "lr": {"grid": [1e-3, 1.5e-3, 2e-3, 2.5e-3]},
+            "max_steps": LOST_NODE_STEPS,
+            "eval_every": LOST_NODE_EVAL,
+            "checkpoint_every": LOST_NODE_CHECKPOINT,
+        },
+        "resources": {"CPU": 1, "gpu_node": 1},
+        "scheduler": {
+            "metric": "val_acc",
+            "mode": "max",
+            "max_t": LOST_NODE_STEPS,
+            "max_extension": 0,
+            "min_patience": 100_000,
+            "predictor": False,
+            "stop_on_grok": False,
+        },
+        "mlflow": {"tracking_uri": store, "experiment": "lost-node"},
+        "failure": {"max_failures": 2},
+    }
+    (tmp_path / "lost-node.yaml").write_text(yaml.safe_dump(spec))
+    runs = tmp_path / "runs"
+    env = cluster.env | {"RAY_ADDRESS": cluster.gcs, "GROKSCHEDULE_STORAGE_PATH": str(runs)}
+    log = tmp_path / "sweep.log"
+    with log.open("wb") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "grokschedule.app.sweep", str(tmp_path / "lost-node.yaml")],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # Kill the added node once the driver has recorded, for each of its two trials, a
+        # checkpoint and a result after it (a node dies between checkpoints), neither trial
+        # finished. Once met, this holds until a trial's last result: no window to miss.
+        deadline = time.monotonic() + 240
+        while True:
+            assert driver.poll() is None, (
+                f"the sweep ended before the kill:\n{log.read_text()[-4000:]}"
+            )
+            assert time.monotonic() < deadline, "the lost node never checkpointed two trials"
+            trials = {d.name: _rows(d) for d in runs.glob("ray_results/*/*") if d.is_dir()}
+            doomed = {
+                name: rows
+                for name, rows in trials.items()
+                if rows and _in_session(rows[-1]["pid"], node.pid)
+            }
+            ready = [
+                bool(_checkpointed(rows[:-1])) and rows[-1]["step"] < LOST_NODE_STEPS
+                for rows in doomed.values()
+            ]
+            if len(doomed) == 2 and all(ready):
+                break
+            time.sleep(0.1)
+        lost = [p for p in psutil.process_iter() if _in_session(p.pid, node.pid)]
+        for process in lost:  # raylet, its workers, the trials: the node is gone at once
+            process.kill()
+        psutil.wait_procs(lost, timeout=10)
+        killed_pids = {p.pid for p in lost}
+        driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        output = log.read_text()
+    assert driver.returncode == 0, output[-6000:]
+    assert "joined a cluster of 3 node(s)" in output
+
+    # Each of the lost node's trials was retried on the other worker, from its last checkpoint.
+    trials = {d.name: _rows(d) for d in runs.glob("ray_results/*/*") if d.is_dir()}
+    assert len(trials) == 4
+    pids = {name: list(dict.fromkeys(row["pid"] for row in rows)) for name, rows in trials.items()}
+    deadline = time.monotonic() + 30
+    while True:  # the state API may lag the actor table under load
+        actors = _state(cluster.dashboard, cluster.token, "actors", class_name="ImplicitFunc")
+        node_of_pid = {actor["pid"]: actor["node_id"] for actor in actors}
+        every = {pid for trial_pids in pids.values() for pid in trial_pids}
+        if every <= set(node_of_pid) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for name, rows in trials.items():
+        assert rows[-1]["step"] == LOST_NODE_STEPS, name
+        if name not in doomed:
+            assert len(pids[name]) == 1 and node_of_pid[pids[name][0]] == cluster.worker_node_id
+            continue
+        first, retried = pids[name]
+        assert first in killed_pids and node_of_pid[first] == lost_id
+        assert node_of_pid[retried] == cluster.worker_node_id
+        split = next(i for i, row in enumerate(rows) if row["pid"] == retried)
+        checkpoint = _checkpointed(rows[:split])[-1]
+        assert rows[split]["step"] == checkpoint + LOST_NODE_EVAL, (name, checkpoint)
+
+    # The summary counts each trial once, to its last step.
+    assert "Other (4):" in output or "Stopped (4):" in output, output[-3000:]
+    total = 4 * LOST_NODE_STEPS
+    assert f"Compute: {total:,} steps used vs {total:,} to run every trial" in output
+    assert "trial failed" not in output
+
+    # MLflow: one run per trial, each (metric, step) once, the sweep's parent run included.
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("lost-node")
+    assert experiment is not None
+    found = client.search_runs([experiment.experiment_id])
+    trial_runs = [r for r in found if "trial_name" in r.data.tags]
+    assert len(trial_runs) == len({r.data.tags["trial_name"] for r in trial_runs}) == 4
+    assert len(found) == 5  # and the parent
+    for run in trial_runs:
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        steps = [m.step for m in history]
+        assert sorted(steps) == list(range(LOST_NODE_EVAL, LOST_NODE_STEPS + 1, LOST_NODE_EVAL))
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        repeated = db.execute(
+            "SELECT run_uuid, key, step, COUNT(*) FROM metrics "
+            "GROUP BY run_uuid, key, step HAVING COUNT(*) > 1"
+        ).fetchall()
+        sweep_metrics = db.execute("SELECT COUNT(*) FROM metrics WHERE key LIKE 'sweep/%'")
+        assert sweep_metrics.fetchone()[0] > 0
+    assert repeated == []

@@ -241,6 +241,47 @@ def test_a_resumed_trial_s_repeated_steps_are_logged_once(
     assert trial.history("val_acc") == [(50, 0.1), (100, 0.2), (150, 0.3), (200, 0.4)]
 
 
+def test_sweep_totals_are_logged_once_per_step_through_a_retry_and_a_restart(
+    store: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The parent run's sweep/* totals: once per step, when they change. Before, they were
+    logged at step = trials ended, so the sweep's end repeated the last trial's step and a trial
+    ended again (a retried errored trial) repeated its own."""
+    uri = _experiment(store, "totals")
+    first = _logger(tmp_path, uri, "totals")
+    first.start_sweep("retried sweep", {}, {})
+    for key in ("t1", "t2"):
+        first.start_trial(key, key, {"lr": 0.1})
+        first.log_result(key, 50, {"val_acc": 0.1})
+    first.end_trial("t1", "t1", [], error="node lost")  # step 1: one failed, one running
+    first.start_trial("t1", "t1", {"lr": 0.1})  # retried from its checkpoint
+    first.log_result("t1", 100, {"val_acc": 0.2})
+    first.end_trial("t1", "t1", [])  # step 2: t1 no longer failed
+    first.close()  # the driver dies; a restored one resumes the journal
+    second = _logger(tmp_path, uri, "totals")
+    second.start_sweep("retried sweep", {}, {})
+    second.log_result("t2", 100, {"val_acc": 0.2})
+    second.end_trial("t2", "t2", [])  # step 3: none running
+    assert second.end_sweep()  # nothing changed since step 3: no step 4, no second step 3
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("totals")
+    (parent,) = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags[names.ROLE] == "sweep"
+    ]
+    keys = [k for k in parent.data.metrics if k.startswith(names.SWEEP_PREFIX)]
+    assert "sweep/failed" in keys and "sweep/running" in keys
+    for key in keys:
+        history = client.get_metric_history(parent.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3], key
+    failed = client.get_metric_history(parent.info.run_id, "sweep/failed")
+    running = client.get_metric_history(parent.info.run_id, "sweep/running")
+    assert [m.value for m in sorted(failed, key=lambda m: m.step)] == [1, 0, 0]
+    assert [m.value for m in sorted(running, key=lambda m: m.step)] == [1, 1, 0]
+    assert parent.data.metrics["sweep/trials"] == 2
+
+
 def test_credentials_come_from_the_environment_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,6 +126,10 @@ class SweepLogger:
         self._history: dict[str, dict[str, list[tuple[float, float]]]] = {}
         self._tagged: dict[str, tuple[str, str]] = {}
         self._steps: dict[str, float] = {}  # last step reported per trial
+        # The parent run's last totals and their step: totals are logged only when they change,
+        # each time at the next step, so each (sweep/* metric, step) is logged once.
+        self._totals: dict[str, float] = {}
+        self._totals_step = 0
         if resumed:
             self._resume()
         else:
@@ -339,18 +343,24 @@ class SweepLogger:
         )
 
     def _log_totals(self) -> dict[str, float]:
-        """Totals over every trial started so far, on the parent run (step = trials ended)."""
+        """Totals over every trial started so far, on the parent run when they changed, at the
+        next step (1, 2, ...: in a sweep whose trials each end once, the number ended). Not at
+        ``len(self._verdicts)``: ``end_sweep`` after the last trial, or a trial ended again
+        (retried after a failure, resumed errored), would log a second value at that step."""
         trials = [self._verdicts.get(key, {}) for key in self._created - {names.PARENT_KEY}]
         totals = sweep_totals(trials, self.max_t)
-        self.spool.append(
-            {
-                "op": "metrics",
-                "key": names.PARENT_KEY,
-                "step": len(self._verdicts),
-                "ts": now_ms(),
-                "values": {f"{names.SWEEP_PREFIX}{k}": float(v) for k, v in totals.items()},
-            }
-        )
+        values = {f"{names.SWEEP_PREFIX}{k}": float(v) for k, v in totals.items()}
+        if values != self._totals:
+            self._totals, self._totals_step = values, self._totals_step + 1
+            self.spool.append(
+                {
+                    "op": "metrics",
+                    "key": names.PARENT_KEY,
+                    "step": self._totals_step,
+                    "ts": now_ms(),
+                    "values": values,
+                }
+            )
         return totals
 
     def _resume(self) -> None:
@@ -364,7 +374,9 @@ class SweepLogger:
             elif op == "tags" and names.PHASE in record["tags"]:
                 last = record["tags"][names.LAST_DECISION].split(": ", 1)[-1]
                 self._tagged[key] = (record["tags"][names.PHASE], last)
-            elif op == "metrics" and key != names.PARENT_KEY:
+            elif op == "metrics" and key == names.PARENT_KEY:
+                self._totals, self._totals_step = dict(record["values"]), int(record["step"])
+            elif op == "metrics":
                 self._steps[key] = float(record["step"])
                 history = self._history.setdefault(key, {})
                 for name, value in record["values"].items():
