@@ -54,7 +54,7 @@ class KillSwitch(tune.Callback):
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if not self.armed or not trials:
             return
-        self.armed = False  # if the upload was skipped (one still running), the next checkpoint
+        self.armed = False  # an upload that does not complete here: the next checkpoint re-arms
         storage = trials[0].storage
         staged = Path(storage.experiment_driver_staging_path)
         stored = Path(storage.experiment_fs_path)
@@ -116,10 +116,6 @@ def build_tuner(storage: str, curve_file: str) -> tune.Tuner:
             verbose=0,
         ),
     )
-
-
-def restore_tuner(experiment: str) -> tune.Tuner:
-    return tune.Tuner.restore(experiment, trainable=replay_trainable, resume_unfinished=True)
 
 
 if __name__ == "__main__":
