@@ -93,6 +93,8 @@ def test_a_tiny_live_sweep_reports_both_arms_of_every_run(
             assert run["error"] is None
     kicked = [k for pair in runs.values() for k in pair["kicked"]["kicks"]]
     assert all(k["kind"] in KINDS and k["text"].startswith(f"step {k['step']}:") for k in kicked)
+    # A kick is applied between steps after the evaluation that ordered it, never before.
+    assert all(k["applied_step"] is None or k["applied_step"] >= k["step"] for k in kicked)
     assert summary["grokked"]["adamw"] == 1 and summary["kicks"] == len(kicked)
     assert summary["wall_s"]["adamw"] > 0 and summary["wall_s"]["kicked"] > 0
     # The printed table holds the same numbers.
