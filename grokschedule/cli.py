@@ -19,6 +19,7 @@ BENCHMARKS = {
     "groups": "grokschedule.bench.groups:groups_main",
     "interventions": "grokschedule.bench.interventions:interventions_bench_main",
     "kicks": "grokschedule.bench.kick_table:kicks_main",
+    "live-kicks": "grokschedule.bench.live_kicks:live_kicks_main",
     "lm-kicks": "grokschedule.bench.lm_kicks:lm_kicks_main",
     "load": "grokschedule.bench.load:load_bench_main",
     "probes": "grokschedule.bench.probes:probes_bench_main",
