@@ -28,11 +28,12 @@ and as a 4-expert Mixtral-style MoE (``lm_experts``) with LoRA rank 8:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from grokschedule.bench.probes import mean_ms
 
 if TYPE_CHECKING:
     from grokschedule.training.deepspeed.engine import DeepSpeedRun
@@ -76,14 +77,6 @@ class LMProbeOptions:
             raise ValueError(f"probe_budget must be in (0, 1], got {self.probe_budget!r}")
         if self.op not in ("add", "compose"):
             raise ValueError(f"op must be 'add' or 'compose', got {self.op!r}")
-
-
-def _mean_ms(call: Callable[[], object], repeats: int) -> float:
-    call()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    return 1e3 * (time.perf_counter() - start) / repeats
 
 
 def lm_probe_costs(options: LMProbeOptions) -> list[dict[str, Any]]:
@@ -172,7 +165,7 @@ def _signal_costs(run: DeepSpeedRun, repeats: int) -> dict[str, float]:
     with torch.enable_grad():
         for _ in range(3):  # past the first steps' allocations
             run.train_step()
-        step_ms = _mean_ms(run.train_step, repeats)
+        step_ms = mean_ms(run.train_step, repeats)
     engine.eval()
     splits = task.eval_splits()
     logits = {
@@ -199,13 +192,13 @@ def _signal_costs(run: DeepSpeedRun, repeats: int) -> dict[str, float]:
     probes = tp.TrainerProbes(every=1, budget=1.0)
     return {
         "step_ms": step_ms,
-        "eval_ms": _mean_ms(lambda: [run.evaluate(s) for s in splits], repeats),
-        "probe_sums_ms": _mean_ms(probe_sums, repeats),
-        "generate_ms": _mean_ms(generate, repeats),
-        "group_norms_ms": _mean_ms(lambda: tp.group_weight_norms(engine.module, device), repeats),
-        "lora_rank_ms": _mean_ms(lambda: tp.lora_effective_ranks(engine.module), repeats),
-        "pathways_ms": _mean_ms(pathways, repeats) if task.config.experts else 0.0,
-        "probes_ms": _mean_ms(lambda: probes.measure(run), repeats),
+        "eval_ms": mean_ms(lambda: [run.evaluate(s) for s in splits], repeats),
+        "probe_sums_ms": mean_ms(probe_sums, repeats),
+        "generate_ms": mean_ms(generate, repeats),
+        "group_norms_ms": mean_ms(lambda: tp.group_weight_norms(engine.module, device), repeats),
+        "lora_rank_ms": mean_ms(lambda: tp.lora_effective_ranks(engine.module), repeats),
+        "pathways_ms": mean_ms(pathways, repeats) if task.config.experts else 0.0,
+        "probes_ms": mean_ms(lambda: probes.measure(run), repeats),
     }
 
 

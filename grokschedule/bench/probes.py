@@ -50,7 +50,8 @@ SIGNALS = (
 )
 
 
-def _mean_ms(call: Callable[[], object], repeats: int) -> float:
+def mean_ms(call: Callable[[], object], repeats: int) -> float:
+    """Milliseconds per ``call`` over ``repeats`` calls, after one warm-up call."""
     call()  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
@@ -86,19 +87,19 @@ def probe_costs(arch: str, repeats: int, probe_every: int) -> dict[str, Any]:
     assert probes is not None
     for _ in range(5):
         trainer.train_step()
-    step_ms = _mean_ms(trainer.train_step, repeats)  # includes the EMA update (probes are on)
+    step_ms = mean_ms(trainer.train_step, repeats)  # includes the EMA update (probes are on)
     params = list(trainer.model.parameters())
     costs = {
-        "weight spectra (norm, entropy, eff. rank)": _mean_ms(probes.weight_metrics, repeats),
-        "forward probes (representation, pathways)": _mean_ms(probes.forward_metrics, repeats),
-        "slow-grad EMA update (every step)": _mean_ms(
+        "weight spectra (norm, entropy, eff. rank)": mean_ms(probes.weight_metrics, repeats),
+        "forward probes (representation, pathways)": mean_ms(probes.forward_metrics, repeats),
+        "slow-grad EMA update (every step)": mean_ms(
             lambda: probes.slow_grad.update(params), repeats
         ),
-        "slow-grad update + share measurement (once per probe)": _mean_ms(
+        "slow-grad update + share measurement (once per probe)": mean_ms(
             lambda: probes.slow_grad.update(params, measure=True), repeats
         ),
     }
-    costs["all probes, one call (grok/probe_ms)"] = _mean_ms(
+    costs["all probes, one call (grok/probe_ms)"] = mean_ms(
         lambda: probes.metrics(probes.schedule.last_step + probes.schedule.interval), repeats
     )
     ema_bytes = sum(p.numel() * 4 for p in params)

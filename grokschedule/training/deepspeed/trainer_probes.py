@@ -175,6 +175,8 @@ class HeldBudgetSchedule(ProbeSchedule):
     total and each interval stay within the budget, and the first probe's overspend is repaid.
     ``interval`` is the estimated gap to the next probe (``grok/probe_interval``)."""
 
+    TOTALS = ("train_seconds", "probe_seconds", "last_cost", "train_at_last")  # checkpointed
+
     def __init__(self, every: int, budget: float = 0.01) -> None:
         super().__init__(every, budget)
         self.train_seconds = 0.0  # Σ step seconds
@@ -201,13 +203,12 @@ class HeldBudgetSchedule(ProbeSchedule):
         self.interval = max(self.every, steps)
 
     def state_dict(self) -> dict[str, Any]:
-        totals = ("train_seconds", "probe_seconds", "last_cost", "train_at_last")
-        return {**super().state_dict(), **{k: getattr(self, k) for k in totals}}
+        return {**super().state_dict(), **{k: getattr(self, k) for k in self.TOTALS}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Also a ``ProbeSchedule`` state (no totals): the budget is then counted from here."""
         super().load_state_dict(state)
-        for key in ("train_seconds", "probe_seconds", "last_cost", "train_at_last"):
+        for key in self.TOTALS:
             setattr(self, key, float(state.get(key, 0.0)))
 
 
