@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grokschedule.bench.probes import mean_ms
+from grokschedule.bench.timing import mean_ms
 
 if TYPE_CHECKING:
     from grokschedule.training.deepspeed.engine import DeepSpeedRun

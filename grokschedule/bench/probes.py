@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from grokschedule.bench.timing import mean_ms
 from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 from grokschedule.training.probes import (
     ModelProbes,
@@ -48,15 +49,6 @@ SIGNALS = (
     "grok/moe_pathway_distance",
     "grok/moe_pathway_complexity",
 )
-
-
-def mean_ms(call: Callable[[], object], repeats: int) -> float:
-    """Milliseconds per ``call`` over ``repeats`` calls, after one warm-up call."""
-    call()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    return 1e3 * (time.perf_counter() - start) / repeats
 
 
 def _randomized_error(probes: ModelProbes) -> dict[str, float]:
