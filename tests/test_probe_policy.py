@@ -4,6 +4,9 @@ decision, and a trial without them is decided exactly as before."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 import pytest
 from test_policy import _flat, _plateau_policy
 
@@ -14,9 +17,11 @@ from grokschedule.core.contract import (
 )
 from grokschedule.core.decision import Cause, DecisionKind
 from grokschedule.core.policy import GrokPolicy, PolicyConfig
+from grokschedule.core.predictor import Prediction
 from grokschedule.core.probe_watch import ProbeWatch
 
 STEPS = range(100, 3000, 100)
+EM = probe_metric("val", "exact_match")
 RULES = {"max_t": 10_000, "min_patience": 0, "patience_factor": 2, "predictor": False}
 
 
@@ -109,3 +114,32 @@ def test_probe_metric_names_round_trip_and_bad_names_are_refused() -> None:
         probe_metric("a/b", "loss")
     with pytest.raises(ValueError, match="min_match_change must be > 0"):
         ProbeWatch(min_match_change=0.0)
+
+
+def test_with_a_loss_target_the_predictor_reads_held_out_exact_match_as_val_acc() -> None:
+    """A target that is not an accuracy (``val_loss``) leaves the predictor without a validation
+    accuracy; the held-out probe set's exact-match takes its place: the accuracy features are
+    read from it (gain since memorization), and no ``missing:val_acc`` flag is raised."""
+    config = PolicyConfig(metric="val_loss", mode="min", grok_threshold=0.1, max_t=20_000)
+
+    def observe(held_out: Callable[[float], float] | None) -> Prediction:
+        policy = GrokPolicy(config)
+        for step in range(100, 4100, 100):
+            obs = _flat(step)  # memorized at 400, the target (val_loss) flat at 9
+            extras = {} if held_out is None else {EM: held_out(step)}
+            policy.observe("t", replace(obs, target=9.0, extras=extras))
+        prediction = policy.trial("t").prediction
+        assert prediction is not None
+        return prediction
+
+    blind = observe(None)
+    assert "missing:val_acc" in blind.missing and "val_acc_gain" not in blind.evidence
+    flat = observe(lambda step: 0.05)
+    assert "missing:val_acc" not in flat.missing and flat.evidence["val_acc_gain"] == 0.0
+
+    def rising_em(step: float) -> float:
+        return 0.05 + 0.3 * max(step - 400, 0) / 3600
+
+    risen = observe(rising_em)
+    assert risen.step is not None  # the gain is read from memorization (400) to that step
+    assert risen.evidence["val_acc_gain"] == pytest.approx(rising_em(risen.step) - 0.05)

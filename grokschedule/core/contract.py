@@ -26,6 +26,7 @@ ZERO_LOSS_SHARE = "grok/zero_loss_share"  # share of training samples at float32
 # Probe-set signals of a language model, one set per name (``"val"``: the held-out split,
 # ``"probe"``: the harder one beyond the training distribution): ``probe_metric(set, stat)``.
 PROBE_PREFIX = "grok/probe/"
+HELD_OUT_SET = "val"  # its exact-match is a validation accuracy (whole answers right)
 PROBE_LOSS = "loss"  # mean token loss over the answer tokens
 PROBE_PPL = "ppl"  # exp(PROBE_LOSS)
 PROBE_EXACT_MATCH = "exact_match"  # share of examples with every answer token right (greedy)

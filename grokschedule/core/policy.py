@@ -35,12 +35,20 @@ and 6 also read P(grok) and its ETA, computed from a bounded per-trial history:
 * a plateau at ≥ ``judge_after`` × its memorization time whose P(grok) is *confidently* under
   ``stop_below`` — the top of its interval, ``p_high``, two predictions in a row — is stopped
   at once (never-grok), and a run under that bar (plateau or transition) is not EXTENDed at
-  ``max_t`` — unless interventions are on, where such a run is kicked first. A predictor far
+  ``max_t`` — unless interventions are on: such a run is kicked instead, and once its kicks
+  are spent only the patience rule, counted from its last kick, stops it (the predictor was
+  fitted on runs nobody kicked, and a kick changes the curve it reads). A predictor far
   outside the data it was fitted on has a wide interval, so it stops less;
 * a plateau whose patience ran out but whose P(grok) ≥ ``keep_above`` is kept (the hand
   patience rule alone stops slow grokkers on the quiet stretch before their turn);
 * at ``max_t``, a run with P(grok) ≥ ``keep_above`` whose ETA lands inside the extension is
   EXTENDed even before its target has started to move.
+
+The predictor's validation accuracy is the target when the target is an accuracy. When it is
+not (``val_loss``, a perplexity: what a language-model fine-tune often reports), the held-out
+probe set's exact-match (``grok/probe/val/exact_match``, its latest value) stands in for it:
+the share of whole answers right on held-out examples is the accuracy the predictor was fitted
+on, where otherwise its ``missing:val_acc`` flag would replace every accuracy feature.
 
 With ``adaptive=True`` the predictor learns from the sweep itself: each trial that
 grokked or ran its whole budget gives its first judged prediction and its outcome to a
@@ -353,7 +361,8 @@ class GrokPolicy:
         if not math.isfinite(obs.step) or obs.step <= history.step:
             return  # a repeated or older step (a resumed trial): nothing new to learn
         c = self.config
-        val_acc = obs.target if _is_accuracy(c.metric) and c.mode == "max" else None
+        target_is_accuracy = _is_accuracy(c.metric) and c.mode == "max"
+        val_acc = obs.target if target_is_accuracy else state.probes.held_out_exact_match()
         history.append(
             obs.step,
             {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from grokschedule.core.contract import (
+    HELD_OUT_SET,
     PROBE_CONF_CORRECT,
     PROBE_CONF_WRONG,
     PROBE_EXACT_MATCH,
@@ -62,6 +63,10 @@ class ProbeWatch:
     @property
     def present(self) -> bool:
         return bool(self.latest)
+
+    def held_out_exact_match(self) -> float | None:
+        """The held-out set's latest exact-match (``grok/probe/val/exact_match``), or None."""
+        return self.latest.get((HELD_OUT_SET, PROBE_EXACT_MATCH))
 
     def update(self, obs: Observation) -> None:
         """Fold in the probe-set stats of one observation (finite values only)."""
