@@ -10,7 +10,7 @@ import torch
 from grokschedule.training.modular.task import build_model
 from grokschedule.training.modular.trainer import ModularTrainer, TrainConfig
 from grokschedule.training.probes import (
-    ProbeSchedule,
+    ModelProbes,
     SlowGradientShare,
     covariance_spectrum,
     effective_rank,
@@ -130,15 +130,23 @@ def test_pathways_all_alike_all_different_and_in_between() -> None:
     assert halves.complexity == pytest.approx(math.log(2) / math.log(4))
 
 
-def test_schedule_stretches_the_interval_to_keep_the_budget() -> None:
-    schedule = ProbeSchedule(every=10, budget=0.01)
-    schedule.step_done(0.002)  # 2 ms per step
-    assert not schedule.due(9) and schedule.due(10)
-    schedule.probed(10, seconds=0.0001)  # cheap: 0.1 ms per 10 steps < 1 % of 20 ms
-    assert schedule.interval == 10
-    schedule.probed(20, seconds=0.01)  # 10 ms: 1 % of the step time pays for it in 500 steps
-    assert schedule.interval == pytest.approx(500, abs=1)
-    assert not schedule.due(20 + 499) and schedule.due(20 + 501)
+def test_a_probe_reports_the_share_measured_at_its_own_step() -> None:
+    """Whether a step probes is decided once, in ``after_backward``, before the step's time is
+    recorded: a probe the recorded time makes due waits for the next step, whose gradients its
+    slow-gradient share is measured from, instead of reporting the share of an older step."""
+    model = torch.nn.Linear(4, 4, bias=False)
+    probes = ModelProbes(model, torch.randn(8, 4), every=1, budget=0.01)
+    reference = SlowGradientShare()
+    shares = {}
+    for step, (sign, seconds) in enumerate([(1.0, 0.0), (-1.0, 1e6), (-1.0, 1.0)], start=1):
+        model.weight.grad = torch.full_like(model.weight, sign)
+        probes.after_backward(step)
+        reference.update([model.weight], measure=True)
+        probes.schedule.step_done(seconds)  # step 1 free: step 2's backward cannot pay for a probe
+        shares[step] = probes.metrics(step).get("grok/slow_grad_share")
+        assert probes.metrics(step) == {}  # one probe per step
+    assert shares[1] == pytest.approx(1.0) and shares[2] is None  # due only once 1e6 s counted
+    assert shares[3] == pytest.approx(reference.share) and reference.share < 0.5
 
 
 def test_trainer_reports_probe_keys_only_when_on() -> None:

@@ -1,5 +1,5 @@
-"""``grokschedule bench probes --task lm`` on a tiny LM, and the trainer probes' schedule holding
-the budget over a run (what the bench found the per-probe stretch did not)."""
+"""``grokschedule bench probes --task lm`` on a tiny LM: its options, and the bench run end to
+end (the schedule it measures is tested in ``test_probe_schedule.py``)."""
 
 from __future__ import annotations
 
@@ -10,66 +10,6 @@ from pathlib import Path
 import pytest
 
 from grokschedule.bench.lm_probes import VARIANTS, LMProbeOptions
-
-
-def test_the_schedule_holds_the_budget_over_a_run_with_slow_first_steps() -> None:
-    """Slow first steps, then 70 ms ones, a probe costing about one step and reports every 50:
-    the per-probe stretch (``ProbeSchedule``) follows a running mean the first steps inflate and
-    probes every 50 steps, 2.3 % of the training time; held over the run, every probe after the
-    first keeps the total and its own interval within 1 %, the first one's overspend is repaid,
-    and the probes are about as many as the budget pays for."""
-    pytest.importorskip("deepspeed")
-    from grokschedule.training.deepspeed.trainer_probes import HeldBudgetSchedule
-
-    budget, every, cost = 0.01, 50, 0.08
-    schedule = HeldBudgetSchedule(every, budget)
-    train = probe = 0.0
-    taken = []
-    for step in range(1, 3001):
-        seconds = 0.5 if step <= 3 else 0.07
-        schedule.step_done(seconds)
-        train += seconds
-        if step % 50 == 0 and schedule.due(step):
-            schedule.probed(step, cost)
-            probe += cost
-            taken.append((step, probe, train))
-    assert taken[0][0] == every  # the first probe's cost is unknown until it is taken
-    assert all(spent <= budget * trained for _, spent, trained in taken[1:])
-    assert probe <= budget * train
-    later = list(itertools.pairwise(taken))[1:]  # each interval pays for its own probe
-    assert all(cost <= budget * (b - a) for (_, _, a), (_, _, b) in later)
-    assert len(taken) >= 0.75 * budget * train / cost
-    gaps = {b - a for (a, *_), (b, *_) in itertools.pairwise(taken[1:])}
-    assert gaps == {150}  # 0.08 s / (1 % of 70 ms) = 114 steps, on the next report
-    # grok/probe_interval is the gap the schedule will keep (at the steps' mean time)
-    step = 3000
-    while not schedule.due(step):
-        step += 1
-        schedule.step_done(0.07)
-    schedule.probed(step, cost)
-    gap = 0
-    while not schedule.due(step + gap):
-        gap += 1
-        schedule.step_done(0.07)
-    assert gap == pytest.approx(schedule.interval, abs=1)
-    assert gap == pytest.approx(cost / (budget * 0.07), abs=1)  # no surplus left: all spent
-
-
-def test_the_schedule_state_round_trips_and_an_older_one_loads() -> None:
-    pytest.importorskip("deepspeed")
-    from grokschedule.training.deepspeed.trainer_probes import HeldBudgetSchedule
-    from grokschedule.training.probes import ProbeSchedule
-
-    schedule = HeldBudgetSchedule(10, 0.05)
-    for _ in range(20):
-        schedule.step_done(0.01)
-    schedule.probed(20, 0.004)
-    copy = HeldBudgetSchedule(10, 0.05)
-    copy.load_state_dict(json.loads(json.dumps(schedule.state_dict())))
-    assert vars(copy) == vars(schedule)
-    older = HeldBudgetSchedule(10, 0.05)
-    older.load_state_dict(ProbeSchedule(10, 0.05).state_dict())  # no totals: counted from here
-    assert (older.train_seconds, older.probe_seconds, older.last_cost) == (0.0, 0.0, 0.0)
 
 
 def test_options_are_validated() -> None:

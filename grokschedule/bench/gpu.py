@@ -352,9 +352,7 @@ def probe_costs(arch: str, setup: ProbeSetup, x: torch.Tensor, y: torch.Tensor) 
         "slow_grad_share": per_call_ms(
             lambda: probes.slow_grad.update(params, measure=True), repeats
         ),
-        "all_probes": per_call_ms(
-            lambda: probes.metrics(probes.schedule.last_step + probes.schedule.interval), repeats
-        ),
+        "all_probes": per_call_ms(probes.measure, repeats),
     }
     step_ms = per_call_ms(train_step, repeats)
     return {

@@ -20,7 +20,7 @@ and as a 4-expert Mixtral-style MoE (``lm_experts``) with LoRA rank 8:
    ``probe_every`` whatever it costs: its cost is unknown until then); the budget counts as held
    when the run's probe time is within ``probe_budget`` of its training time. A later interval
    stays within it while its probe costs no more than the one before
-   (``trainer_probes.HeldBudgetSchedule``), so each probe's time is listed with its step.
+   (``probes.ProbeSchedule``), so each probe's time is listed with its step.
 
     OMP_NUM_THREADS=1 grokschedule bench probes --task lm --output lm_probes_bench.json
 """

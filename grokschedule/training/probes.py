@@ -1,8 +1,9 @@
 """In-training probes: generalization signals read from the model itself, no test set needed.
 
 Each probe is a small function with a bounded memory footprint and a cost stated in its
-docstring; ``ModelProbes`` runs them together on a schedule whose realized cost is held under a
-budget (a fraction of training time) and reports flat ``grok/*`` float metrics:
+docstring; ``ModelProbes`` runs them together on a schedule (``ProbeSchedule``) whose realized
+cost is held under a budget (a fraction of training time, over the run) and reports flat
+``grok/*`` float metrics:
 
 - ``grok/weight_norm/<layer>``: Frobenius norm of each 2-D weight (weight decay's target);
 - ``grok/spectral_entropy/<layer>``, ``grok/eff_rank/<layer>`` and their mean
@@ -255,10 +256,33 @@ class SlowGradientShare:
 
 
 class ProbeSchedule:
-    """When to probe: every ``every`` steps, stretched so probes cost at most ``budget`` of the
-    training time. After each probe the gap to the next is ``max(every, cost / (budget · step
-    time))`` steps, with the step time a running mean — a probe that turns out expensive makes
-    the following ones rarer (skipped evaluations) instead of slowing training down."""
+    """When to probe: at most every ``every`` steps, and only once the training time has paid
+    for it, so that over the run the probes cost at most ``budget`` of the training time.
+
+    A probe is due once ``every`` steps have passed since the last one, the training time so far
+    pays for every probe taken plus one more at the last one's cost, *and* the training time
+    since the last probe pays for one (a saving from cheaper probes is not spent on a short
+    interval)::
+
+        budget · Σ step seconds ≥ Σ probe seconds + last probe's seconds
+        budget · Σ step seconds since the last probe ≥ last probe's seconds
+
+    so from the second probe on, while a probe costs no more than the one before, the run's total
+    and each interval stay within the budget, and the first probe — taken at ``every`` steps,
+    before any cost is known — is repaid. A probe that turns out expensive makes the following
+    ones rarer (skipped evaluations) instead of slowing training down.
+
+    Why totals and not a gap per probe: stretching each gap to the last probe's cost over a
+    running-mean step time (this schedule's earlier rule) never repays the first probe, nor a
+    probe dearer than the one before, and slow first steps inflate the running mean and shorten
+    the gaps; on the DeepSpeed trainer it took 1.1–1.2 % of the training time over 400 steps at
+    a 1 % budget, 1.5 % in a later interval (BENCHMARKS.md, "LM probe costs").
+
+    Times come in as arguments (``step_done``, ``probed``), so the schedule reads no clock.
+    ``interval`` is the estimated gap to the next probe at the running-mean step time
+    (``grok/probe_interval``); it does not decide when one is due."""
+
+    TOTALS = ("train_seconds", "probe_seconds", "last_cost", "train_at_last")  # checkpointed
 
     def __init__(self, every: int, budget: float = 0.01) -> None:
         if every <= 0:
@@ -268,28 +292,46 @@ class ProbeSchedule:
         self.every, self.budget = every, budget
         self.interval = every
         self.last_step = 0
-        self.step_seconds: float | None = None
+        self.step_seconds: float | None = None  # running mean, for ``interval`` only
+        self.train_seconds = 0.0  # Σ step seconds
+        self.probe_seconds = 0.0  # Σ probe seconds
+        self.last_cost = 0.0  # the last probe's seconds: what the next one is expected to cost
+        self.train_at_last = 0.0  # Σ step seconds when the last probe was taken
 
     def step_done(self, seconds: float) -> None:
-        """Record one training step's wall time (running mean with a ~100-step window)."""
+        """Record one training step's wall time (summed, and in a ~100-step running mean)."""
         previous = self.step_seconds
         self.step_seconds = seconds if previous is None else 0.99 * previous + 0.01 * seconds
+        self.train_seconds += seconds
 
     def due(self, step: int) -> bool:
-        return step - self.last_step >= self.interval
+        """Whether a probe may be taken at ``step`` (the rule in the class docstring)."""
+        run_paid = self.budget * self.train_seconds >= self.probe_seconds + self.last_cost
+        interval_paid = self.budget * (self.train_seconds - self.train_at_last) >= self.last_cost
+        return step - self.last_step >= self.every and run_paid and interval_paid
 
     def probed(self, step: int, seconds: float) -> None:
-        self.last_step = step
-        if self.step_seconds:
-            affordable = seconds / (self.budget * self.step_seconds)
-            self.interval = max(self.every, math.ceil(affordable))
+        """Record a probe taken at ``step`` that cost ``seconds``."""
+        self.last_step, self.last_cost = step, seconds
+        self.probe_seconds += seconds
+        self.train_at_last = self.train_seconds
+        # training seconds until both budget conditions of ``due`` hold again
+        run_owed = (self.probe_seconds + seconds) / self.budget - self.train_seconds
+        owed = max(run_owed, seconds / self.budget)
+        steps = math.ceil(owed / self.step_seconds) if self.step_seconds else 0
+        self.interval = max(self.every, steps)
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("interval", "last_step", "step_seconds")}
+        keys = ("interval", "last_step", "step_seconds", *self.TOTALS)
+        return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Also a state saved before the budget was held over the run (no totals): the budget
+        is then counted from here, and the first probe after it is unpaid as a run's first."""
         self.interval, self.last_step = int(state["interval"]), int(state["last_step"])
         self.step_seconds = state["step_seconds"]
+        for key in self.TOTALS:
+            setattr(self, key, float(state.get(key, 0.0)))
 
 
 class ModelProbes:
@@ -299,7 +341,9 @@ class ModelProbes:
     ``seed``) for the representation and routing probes; the representation is the input of
     ``readout`` (the model's last ``nn.Linear`` by default), captured by a forward pre-hook
     that lives only for the probe's own forward pass. ``rank`` is passed to ``singular_values``
-    and ``covariance_spectrum`` (None: their size-based defaults).
+    and ``covariance_spectrum`` (None: their size-based defaults). The trainer calls
+    ``after_backward`` at every step, ``schedule.step_done`` after it and ``metrics`` at its
+    evaluations.
 
     Memory: the slow-gradient EMA (one fp32 copy of the gradients) is the only state that grows
     with the model; a probe call adds one forward pass over ``sample`` inputs, one weight matrix
@@ -325,10 +369,16 @@ class ModelProbes:
         self.readout = readout or [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         self.schedule = ProbeSchedule(every, budget)
         self.slow_grad = SlowGradientShare()
+        self._due_step: int | None = None  # the step ``after_backward`` last found a probe due at
 
-    def after_backward(self, measure: bool) -> None:
-        """Per-step hook: feed the raw gradients to the slow-gradient EMA."""
-        self.slow_grad.update(self.model.parameters(), measure)
+    def after_backward(self, step: int) -> None:
+        """Per-step hook, between backward and the optimizer step of step ``step``: feed the raw
+        gradients to the slow-gradient EMA, and decide whether ``step`` probes — if so, also
+        measure the share the probe reports. ``metrics(step)`` keeps this decision rather than
+        asking the schedule again: recording the step's time can make a probe due, and that
+        probe would report a share measured at an older step."""
+        self._due_step = step if self.schedule.due(step) else None
+        self.slow_grad.update(self.model.parameters(), measure=self._due_step is not None)
 
     @torch.no_grad()
     def weight_metrics(self) -> dict[str, float]:
@@ -370,14 +420,22 @@ class ModelProbes:
             out["grok/moe_pathways"] = float(pathways.distinct)
         return out
 
-    def metrics(self, step: int) -> dict[str, float]:
-        """The probe metrics at ``step`` if a probe is due (else ``{}``), with their cost."""
-        if not self.schedule.due(step):
-            return {}
-        start = time.perf_counter()
+    def measure(self) -> dict[str, float]:
+        """All probes now, unscheduled: what ``metrics`` reports when one is due (the
+        slow-gradient share as of its latest measurement)."""
         out = {**self.weight_metrics(), **self.forward_metrics()}
         if self.slow_grad.share is not None:
             out["grok/slow_grad_share"] = self.slow_grad.share
+        return out
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """The probe metrics at ``step`` if ``after_backward(step)`` found a probe due (else
+        ``{}``), with their cost; one probe per such step."""
+        if self._due_step != step:
+            return {}
+        self._due_step = None
+        start = time.perf_counter()
+        out = self.measure()
         seconds = time.perf_counter() - start
         self.schedule.probed(step, seconds)
         out["grok/probe_ms"] = 1e3 * seconds

@@ -6,8 +6,9 @@ Two kinds, reported as ``grok/*`` metrics (names in ``grokschedule.core.contract
 - per-example probe-set signals, ``grok/probe/<set>/{loss,ppl,exact_match,conf_correct,
   conf_wrong}`` (``probe_set_metrics``), summed from the evaluation pass the report makes
   anyway (``DeepSpeedRun.evaluate``): one softmax more, no forward more, on every report;
-- on the probe schedule (``HeldBudgetSchedule``: every ``probe_every`` steps, stretched so the
-  probes' total stays within ``probe_budget`` of the training time), ``TrainerProbes.metrics``:
+- on the probe schedule (``probes.ProbeSchedule``: at most every ``probe_every`` steps, and
+  only once the training time pays for it, so the probes' total stays within ``probe_budget``
+  of the training time over the run), ``TrainerProbes.metrics``:
   the diversity of greedy generations (``distinct_1``/``distinct_2`` on a sample of each set),
   the weight norm per layer group (``grok/group_norm/<group>``), the effective rank of each
   LoRA update ``B @ A`` (mean and min) and, for a mixture of experts, the routing pathways of a
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import deepspeed
@@ -155,63 +156,6 @@ def lora_effective_ranks(module: nn.Module) -> list[float]:
     return ranks
 
 
-class HeldBudgetSchedule(ProbeSchedule):
-    """``ProbeSchedule`` with the budget held over the run rather than probe by probe.
-
-    The parent sets the gap after a probe to that probe's cost / (budget · running-mean step
-    time). That never repays the first probe, taken at ``every`` steps before its cost is known
-    (in ``bench probes --task lm`` one scheduled probe costs about one training step: 2.7–3.5 %
-    of the first 50 steps' training time), nor a probe dearer than the one before (1.5 % of its
-    interval), nor slow first steps, which inflate the running mean and shorten the gaps: the
-    bench measured 1.1–1.2 % of the training time over 400 steps at a 1 % budget. Here a probe is
-    due once ``every`` steps have passed, the training time so far pays for every probe taken
-    plus one more at the last one's cost, *and* the training time since the last probe pays for
-    one (no saving is spent on a short interval)::
-
-        budget · Σ step seconds ≥ Σ probe seconds + last probe's seconds
-        budget · Σ step seconds since the last probe ≥ last probe's seconds
-
-    so from the second probe on, while a probe costs no more than the one before, the run's
-    total and each interval stay within the budget, and the first probe's overspend is repaid.
-    ``interval`` is the estimated gap to the next probe (``grok/probe_interval``)."""
-
-    TOTALS = ("train_seconds", "probe_seconds", "last_cost", "train_at_last")  # checkpointed
-
-    def __init__(self, every: int, budget: float = 0.01) -> None:
-        super().__init__(every, budget)
-        self.train_seconds = 0.0  # Σ step seconds
-        self.probe_seconds = 0.0  # Σ probe seconds
-        self.last_cost = 0.0  # the last probe's seconds: what the next one is expected to cost
-        self.train_at_last = 0.0  # Σ step seconds when the last probe was taken
-
-    def step_done(self, seconds: float) -> None:
-        super().step_done(seconds)
-        self.train_seconds += seconds
-
-    def due(self, step: int) -> bool:
-        run_paid = self.budget * self.train_seconds >= self.probe_seconds + self.last_cost
-        interval_paid = self.budget * (self.train_seconds - self.train_at_last) >= self.last_cost
-        return step - self.last_step >= self.every and run_paid and interval_paid
-
-    def probed(self, step: int, seconds: float) -> None:
-        self.last_step, self.last_cost = step, seconds
-        self.probe_seconds += seconds
-        self.train_at_last = self.train_seconds
-        owed = max((self.probe_seconds + seconds) / self.budget - self.train_seconds, 0.0)
-        owed = max(owed, seconds / self.budget)  # training seconds until the next is paid for
-        steps = math.ceil(owed / self.step_seconds) if self.step_seconds else 0
-        self.interval = max(self.every, steps)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **{k: getattr(self, k) for k in self.TOTALS}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Also a ``ProbeSchedule`` state (no totals): the budget is then counted from here."""
-        super().load_state_dict(state)
-        for key in self.TOTALS:
-            setattr(self, key, float(state.get(key, 0.0)))
-
-
 class TrainerProbes:
     """The scheduled probes of one DeepSpeed run. The loop calls ``step_done`` after every
     optimizer step with its wall time and merges ``metrics`` into each report."""
@@ -219,7 +163,7 @@ class TrainerProbes:
     def __init__(self, every: int, budget: float = 0.01, sample: int = DEFAULT_SAMPLE) -> None:
         if sample < 2:
             raise ValueError(f"probe sample must be >= 2 (pathways compare pairs), got {sample}")
-        self.schedule = HeldBudgetSchedule(every, budget)
+        self.schedule = ProbeSchedule(every, budget)
         self.sample = sample
 
     def step_done(self, seconds: float) -> None:

@@ -161,7 +161,7 @@ class ModularTrainer:
             loss = F.cross_entropy(self.model(x), y)
             (loss if micro == 1 else loss / micro).backward()
         if self.probes is not None:  # raw gradients, before any kick transforms them
-            self.probes.after_backward(measure=self.probes.schedule.due(self.step + 1))
+            self.probes.after_backward(self.step + 1)
         applier.before_step(self.step)
         optimizer.step()
         applier.after_step(self.step)
