@@ -2,11 +2,13 @@
 (11k parameters, built in code) memorizing random labels, which never generalizes. The policy
 stops it with its reason in the log history, kicks it (the optimizer's lr and the schedule's base
 really change, behind a rollback point), rolls the harmful kick back to the saved weights, and
-extends a run whose evidence is fresh at ``max_t``; the decisions reach the Trainer's MLflow run."""
+extends a run whose evidence is fresh at ``max_t``; the decisions reach the Trainer's MLflow run,
+and a run resumed from a checkpoint goes on with the scheduler state saved in it."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from transformers import (  # noqa: E402
 from grokschedule.core.decision import Cause, DecisionKind  # noqa: E402
 from grokschedule.core.kicks import Kick  # noqa: E402
 from grokschedule.integrations.common import MissingMetricError  # noqa: E402
-from grokschedule.integrations.hf import GrokTrainerCallback  # noqa: E402
+from grokschedule.integrations.hf import STATE_FILE, GrokTrainerCallback  # noqa: E402
 
 # Small rules, so decisions come within ~100 steps (as tests/test_policy.py does).
 FAST = {"patience_factor": 1.0, "min_patience": 0, "judge_after": 1.0, "predictor": False}
@@ -69,6 +71,7 @@ def make_trainer(
     weight_decay: float = 0.0,
     compute_metrics=accuracy,
     report_to: list[str] | None = None,
+    save_steps: int | None = None,
 ) -> Trainer:
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -92,7 +95,8 @@ def make_trainer(
         eval_strategy="steps",
         eval_steps=5,
         logging_steps=5,
-        save_strategy="no",
+        save_strategy="no" if save_steps is None else "steps",
+        save_steps=save_steps or 500,
         report_to=report_to or [],
         disable_tqdm=True,
         use_cpu=True,
@@ -203,6 +207,150 @@ def test_fresh_evidence_at_max_t_extends_the_run(tmp_path: Path, room: bool) -> 
     else:
         assert trainer.state.global_step == 80
         assert "the trainer's loop ends at step 80, before 120" in by_step[80]["scheduler/reason"]
+
+
+# A kick in force from step 30 to 60; the interrupted run's last checkpoint is at step 40.
+RESUMABLE = {
+    **FAST,
+    "interventions": {
+        "kicks": [Kick("lr_multiply", {"factor": 3.0}, duration_steps=30)],
+        "max_kicks": 1,
+        "cooldown": 0,
+    },
+}
+CHECKPOINT = 40
+
+
+class Interrupt(TrainerCallback):
+    """Ends training right after the checkpoint at ``step``, as a preempted job would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **_):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+class Resumed(TrainerCallback):
+    """What the scheduler holds when a resumed run begins (GrokTrainerCallback runs first)."""
+
+    def __init__(self, grok: GrokTrainerCallback) -> None:
+        self.grok = grok
+        self.at_start: dict | None = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, **_):
+        self.at_start = held(self.grok)
+        self.at_start["lr"] = [g["lr"] for g in optimizer.param_groups]
+
+
+def held(callback: GrokTrainerCallback) -> dict:
+    run = callback.run
+    return {
+        "memorized_step": run.policy.trial("run").detector.memorized_step,
+        "kicks_used": run.policy.kicks.trial("run").used,
+        "decisions": run.decisions,
+        "kicks_in_force": [a.kick for a in run.kicks.active],
+    }
+
+
+def outline(trainer: Trainer) -> list[tuple]:
+    """Each evaluation's step, decision and score, and the lr logged with the train loss."""
+    keys = ("step", "scheduler/decision", "scheduler/reason", "scheduler/score", "learning_rate")
+    return [
+        tuple(e.get(k) for k in keys)
+        for e in trainer.state.log_history
+        if "loss" in e or "eval_loss" in e
+    ]
+
+
+def interrupted_run(tmp_path: Path) -> tuple[GrokTrainerCallback, Path]:
+    callback = GrokTrainerCallback(**RESUMABLE)
+    trainer = make_trainer(tmp_path, [callback, Interrupt(CHECKPOINT)], max_steps=400, save_steps=5)
+    trainer.train()
+    assert trainer.state.global_step == CHECKPOINT
+    return callback, tmp_path / "out" / f"checkpoint-{CHECKPOINT}"
+
+
+def test_resumed_run_goes_on_with_the_scheduler_state_of_its_checkpoint(tmp_path: Path) -> None:
+    """The policy's memory, the kick budget used and the kick in force (its lr) survive a
+    resume, and the resumed run decides as the uninterrupted one did."""
+    whole = GrokTrainerCallback(**RESUMABLE)
+    uninterrupted = make_trainer(tmp_path / "whole", [whole], max_steps=400, save_steps=5)
+    uninterrupted.train()
+    first, checkpoint = interrupted_run(tmp_path / "parts")
+    at_checkpoint = held(first)
+    assert at_checkpoint["memorized_step"] is not None and at_checkpoint["kicks_used"] == 1
+    assert at_checkpoint["kicks_in_force"]  # the kick's window runs past the checkpoint
+    assert (checkpoint / STATE_FILE).is_file()
+
+    callback = GrokTrainerCallback(**RESUMABLE)
+    resumed = Resumed(callback)
+    trainer = make_trainer(tmp_path / "parts", [callback, resumed], max_steps=400, save_steps=5)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+
+    lr_at_checkpoint = resumed.at_start.pop("lr")
+    assert resumed.at_start == at_checkpoint
+    assert lr_at_checkpoint == [pytest.approx(3e-2)] * 2  # the kicked lr, the kick in force
+    assert callback.run.decisions == whole.run.decisions
+    assert callback.run.decisions[-1].kind is DecisionKind.STOP
+    assert outline(trainer) == outline(uninterrupted)  # the log history, through the resume
+
+
+def test_a_run_resumed_inside_its_extension_keeps_it(tmp_path: Path) -> None:
+    """The Trainer resets its step limit to ``args.max_steps`` on resume, which the callback
+    cuts to max_t = 80; a run the policy had extended past it is extended again."""
+    extending = {"max_t": 80, "max_extension": 40, "predictor": False}
+    whole = GrokTrainerCallback(**extending)
+    uninterrupted = make_trainer(
+        tmp_path / "whole", [whole], max_steps=120, weight_decay=1.0, save_steps=5
+    )
+    uninterrupted.train()
+    first = make_trainer(
+        tmp_path / "parts",
+        [GrokTrainerCallback(**extending), Interrupt(85)],
+        max_steps=120,
+        weight_decay=1.0,
+        save_steps=5,
+    )
+    first.train()
+    assert evaluations(first)[-1]["scheduler/decision"] == "EXTEND"
+
+    callback = GrokTrainerCallback(**extending)
+    trainer = make_trainer(
+        tmp_path / "parts", [callback], max_steps=120, weight_decay=1.0, save_steps=5
+    )
+    trainer.train(resume_from_checkpoint=str(tmp_path / "parts" / "out" / "checkpoint-85"))
+    assert trainer.state.global_step == uninterrupted.state.global_step > 85
+    assert callback.run.decisions == whole.run.decisions
+
+
+def test_resume_without_a_saved_state_warns_and_starts_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, checkpoint = interrupted_run(tmp_path)
+    (checkpoint / STATE_FILE).unlink()  # a checkpoint saved by an older version
+    callback = GrokTrainerCallback(**RESUMABLE)
+    trainer = make_trainer(tmp_path, [callback], max_steps=400, save_steps=5)
+    with caplog.at_level(logging.WARNING, logger="grokschedule.integrations"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert [r.message for r in caplog.records if "without a scheduler state" in r.message]
+    assert callback.run.decisions[0].step == CHECKPOINT + 5  # a policy that saw nothing before
+
+
+def test_a_corrupt_or_foreign_saved_state_is_a_clear_error(tmp_path: Path) -> None:
+    _, checkpoint = interrupted_run(tmp_path)
+    state = checkpoint / STATE_FILE
+    good = state.read_bytes()
+    state.write_bytes(good[: len(good) // 2])  # truncated
+    trainer = make_trainer(tmp_path, [GrokTrainerCallback(**RESUMABLE)], max_steps=400)
+    with pytest.raises(ValueError, match=r"grok_state\.pt: not a readable grokschedule state"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    state.write_bytes(good)
+    other = GrokTrainerCallback(**{**RESUMABLE, "patience_factor": 2.0})
+    trainer = make_trainer(tmp_path, [other], max_steps=400)
+    with pytest.raises(ValueError, match=r"other settings \(\['patience_factor'\]\)"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
 
 
 def test_missing_target_is_a_clear_error(tmp_path: Path) -> None:

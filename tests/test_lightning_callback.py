@@ -1,10 +1,12 @@
 """GrokLightningCallback in real tiny Lightning fits: an MLP memorizing random labels, which never
 generalizes. The policy stops it (``trainer.should_stop``), kicks it through
 ``trainer.optimizers`` with the lr scheduler carrying the kick, rolls the harmful kick back to the
-saved weights, and extends a run whose evidence is fresh at ``max_t``."""
+saved weights, extends a run whose evidence is fresh at ``max_t``, and goes on after
+``fit(ckpt_path=...)`` with the scheduler state saved in the checkpoint."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 from grokschedule.core.decision import Cause, DecisionKind  # noqa: E402
@@ -70,14 +73,20 @@ def loader(n: int, seed: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(data, batch_size=64)
 
 
-def fit(tmp_path: Path, callbacks: list, module: Memorizer | None = None, **trainer_args):
+def fit(
+    tmp_path: Path,
+    callbacks: list,
+    module: Memorizer | None = None,
+    ckpt_path: str | None = None,
+    **trainer_args,
+):
     pl.seed_everything(0, verbose=False)
     options = {
         "max_steps": HORIZON,
         "val_check_interval": 5,
         "check_val_every_n_epoch": None,
         "logger": False,
-        "enable_checkpointing": False,
+        "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "accelerator": "cpu",
@@ -85,7 +94,7 @@ def fit(tmp_path: Path, callbacks: list, module: Memorizer | None = None, **trai
         **trainer_args,
     }
     trainer = pl.Trainer(callbacks=callbacks, **options)
-    trainer.fit(module or Memorizer(), loader(16, 1), loader(64, 2))
+    trainer.fit(module or Memorizer(), loader(16, 1), loader(64, 2), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -164,6 +173,109 @@ def test_fresh_evidence_at_max_t_extends_the_fit(tmp_path: Path) -> None:
     final = callback.run.last_decision
     assert 80 < trainer.global_step == final.step <= 120
     assert final.kind is DecisionKind.STOP and final.cause is Cause.BUDGET
+
+
+# A kick in force from step 50 to 80; the interrupted fit's last checkpoint is at step 55.
+RESUMABLE = {
+    **FAST,
+    "interventions": {
+        "kicks": [Kick("lr_multiply", {"factor": 3.0}, duration_steps=30)],
+        "max_kicks": 1,
+        "cooldown": 0,
+    },
+}
+CHECKPOINT = 55
+
+
+class Preempted(Exception):
+    pass
+
+
+class Interrupt(pl.Callback):
+    """Fails the fit right after the checkpoint at ``step``, as a preempted job would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Preempted
+
+
+class Resumed(pl.Callback):
+    """What the scheduler holds when a resumed fit starts (GrokLightningCallback runs first)."""
+
+    def __init__(self, grok: GrokLightningCallback) -> None:
+        self.grok = grok
+        self.at_start: dict | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.at_start = held(self.grok)
+        self.at_start["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def held(callback: GrokLightningCallback) -> dict:
+    run = callback.run
+    return {
+        "memorized_step": run.policy.trial("run").detector.memorized_step,
+        "kicks_used": run.policy.kicks.trial("run").used,
+        "decisions": run.decisions,
+        "kicks_in_force": [a.kick for a in run.kicks.active],
+    }
+
+
+def checkpoints(tmp_path: Path) -> ModelCheckpoint:
+    return ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1)  # at every validation
+
+
+def interrupted_fit(tmp_path: Path) -> tuple[GrokLightningCallback, Path]:
+    callback = GrokLightningCallback(**RESUMABLE)
+    with pytest.raises(Preempted):
+        fit(tmp_path, [callback, Interrupt(CHECKPOINT), checkpoints(tmp_path)])
+    [checkpoint] = (tmp_path / "ckpt").glob(f"*-step={CHECKPOINT}.ckpt")
+    return callback, checkpoint
+
+
+def test_resumed_fit_goes_on_with_the_scheduler_state_of_its_checkpoint(tmp_path: Path) -> None:
+    """The policy's memory, the kick budget used and the kick in force (its lr) survive
+    ``fit(ckpt_path=...)``, and the resumed fit decides as the uninterrupted one did."""
+    whole = GrokLightningCallback(**RESUMABLE)
+    uninterrupted = fit(tmp_path / "whole", [whole, checkpoints(tmp_path / "whole")])
+    first, checkpoint = interrupted_fit(tmp_path / "parts")
+    at_checkpoint = held(first)
+    assert at_checkpoint["memorized_step"] is not None and at_checkpoint["kicks_used"] == 1
+    assert at_checkpoint["kicks_in_force"]  # the kick's window runs past the checkpoint
+
+    callback = GrokLightningCallback(**RESUMABLE)
+    resumed = Resumed(callback)
+    trainer = fit(tmp_path / "parts", [callback, resumed], ckpt_path=str(checkpoint))
+
+    lr_at_checkpoint = resumed.at_start.pop("lr")
+    assert resumed.at_start == at_checkpoint
+    assert lr_at_checkpoint == pytest.approx(3e-2 * (1 - CHECKPOINT / HORIZON))  # kicked
+    assert callback.run.decisions == whole.run.decisions
+    assert callback.run.decisions[-1].kind is DecisionKind.STOP
+    assert trainer.global_step == uninterrupted.global_step
+
+
+def test_resume_without_a_saved_state_warns_and_a_corrupt_one_is_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, checkpoint = interrupted_fit(tmp_path)
+    saved = torch.load(checkpoint, weights_only=False)
+    [key] = [k for k in saved["callbacks"] if k.startswith("GrokLightningCallback")]
+    state = saved["callbacks"].pop(key)  # as a checkpoint saved by an older version
+    torch.save(saved, checkpoint)
+    callback = GrokLightningCallback(**RESUMABLE)
+    with caplog.at_level(logging.WARNING, logger="grokschedule.integrations"):
+        fit(tmp_path, [callback], ckpt_path=str(checkpoint))
+    assert [r.message for r in caplog.records if "without a scheduler state" in r.message]
+    assert callback.run.decisions[0].step == CHECKPOINT + 5  # a policy that saw nothing before
+
+    saved["callbacks"][key] = {"run": state["run"][:100]}  # truncated
+    torch.save(saved, checkpoint)
+    with pytest.raises(ValueError, match="checkpoint state: not a readable grokschedule state"):
+        fit(tmp_path, [GrokLightningCallback(**RESUMABLE)], ckpt_path=str(checkpoint))
 
 
 def test_missing_metric_is_a_clear_error(tmp_path: Path) -> None:

@@ -17,10 +17,16 @@ optimizer step. Before each kick the model, the optimizer and the kicks in force
 checkpointing: Hugging Face's ``Trainer._save_checkpoint`` is private and Lightning's
 ``save_checkpoint`` writes the whole trainer); a ROLLBACK loads it. As in the native trainer the
 step counter is not rolled back, and the lr schedule keeps its place.
+
+A run resumed from the trainer's checkpoint resumes the policy too: ``GrokRun.state_dict``
+(packed by ``pack_state``) is saved with each checkpoint and ``GrokSettings.run(state=...)``
+continues from it, so the memorization step, the evidence, the patience clock, the kicks used
+and in force, the rollback point and the decision log carry on instead of starting afresh.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -28,6 +34,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +73,40 @@ LIVE_KINDS = (*HYPERPARAM_LIVE, *GRAD_TRANSFORMS)
 ANNOTATION_PREFIX = "scheduler/"  # the decision's keys, as GrokCallback writes them into results
 _METRIC_NAME = re.compile(r"^[/\w.\- :]+$")  # MLflow's rule for metric names
 _MAX_TAG = 8000  # MLflow's limit on a tag value
+STATE_FORMAT = 1  # of GrokRun.state_dict(); a state of another format is refused
 
 
 class MissingMetricError(ValueError):
     """A metric the callback was configured to read is not among what the trainer logged."""
+
+
+def pack_state(run: GrokRun) -> bytes:
+    """``run.state_dict()`` as bytes, for a trainer's checkpoint.
+
+    ``torch.save`` of a plain dict, because the state holds both tensors (the rollback point,
+    the gradient transforms' buffers) and the ``GrokPolicy`` itself, pickled whole as Ray Tune
+    pickles ``GrokScheduler`` for ``Tuner.restore`` (its detectors, predictor history and kick
+    statistics have no other serialized form). As bytes, it survives a checkpoint load with
+    ``weights_only=True`` (torch's default, which Lightning keeps); ``unpack_state`` unpickles
+    it, so resume only from checkpoints you trust, as with the trainer's own."""
+    buffer = io.BytesIO()
+    torch.save(run.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def unpack_state(data: bytes, where: str) -> dict[str, Any]:
+    """The state ``pack_state`` made; a clear ``ValueError`` naming ``where`` it came from for
+    anything else (a truncated file, another format)."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises pickle's, zipfile's and its own errors
+        raise ValueError(f"{where}: not a readable grokschedule state ({error})") from error
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{where}: not a grokschedule state of format {STATE_FORMAT} (found {found!r})"
+        )
+    return state
 
 
 class GrokSettings:
@@ -173,8 +210,26 @@ class GrokSettings:
         kicks: OptimizerKicks | None,
         rollback_path: Path,
         mlflow: MlflowDecisions | None = None,
+        state: Mapping[str, Any] | None = None,
     ) -> GrokRun:
-        return GrokRun(GrokPolicy(self.config(max_t)), self, model, kicks, rollback_path, mlflow)
+        """A fresh run, or with ``state`` (``unpack_state``) the run it was saved from, once
+        the trainer has restored its model, optimizer and lr schedulers from the checkpoint."""
+        config = self.config(max_t)
+        if state is None:
+            return GrokRun(GrokPolicy(config), self, model, kicks, rollback_path, mlflow)
+        policy: GrokPolicy = state["policy"]
+        saved = policy.config
+        changed = [
+            f.name for f in fields(config) if getattr(config, f.name) != getattr(saved, f.name)
+        ]
+        if changed:
+            raise ValueError(
+                f"the checkpoint's scheduler state was made with other settings ({changed}): "
+                "resume with the arguments (and max_t) it was made with"
+            )
+        run = GrokRun(policy, self, model, kicks, rollback_path, mlflow)
+        run.load_state_dict(state)
+        return run
 
 
 class GrokRun:
@@ -280,6 +335,49 @@ class GrokRun:
     def finish(self, steps_used: float, error: str | None = None) -> None:
         if self.mlflow is not None:
             self.mlflow.end(self.decisions, steps_used, self.policy.config.max_t, error)
+
+    @property
+    def extended_to(self) -> float | None:
+        """The step limit the last decision moved the trainer to (EXTEND), which a trainer
+        resumed from its checkpoint has forgotten; ``None`` when it moved none."""
+        last = self.last_decision
+        if last is None or last.kind is not DecisionKind.EXTEND:
+            return None
+        return self.policy.config.max_t + self.policy.config.extension
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the run has learnt, for the trainer's checkpoint (``pack_state``): the policy,
+        the last step observed (a resumed trainer repeating it is ignored, as in
+        ``observe``), the acknowledgements, the kick records, the kicks in force (the
+        optimizer's own state is the checkpoint's) and the rollback point's file."""
+        point = self.rollback_path.read_bytes() if self.rollback_path.is_file() else None
+        return {
+            "format": STATE_FORMAT,
+            "policy": self.policy,
+            "step": self.step,
+            "checked": self._checked,
+            "control": self.control,
+            "records": list(self.records),
+            "kicks": None if self.kicks is None else self.kicks.resume_state(),
+            "rollback_point": point,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict()``; the policy is taken by ``GrokSettings.run``."""
+        self.step = float(state["step"])
+        self._checked = bool(state["checked"])
+        self.control = state["control"]
+        self.records = list(state["records"])
+        if self.kicks is not None and state["kicks"] is not None:
+            self.kicks.resume(state["kicks"])
+        point: bytes | None = state["rollback_point"]
+        if point is None:  # a later kick's point, left by the run that went on after the save
+            self.rollback_path.unlink(missing_ok=True)
+            return
+        self.rollback_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.rollback_path.with_suffix(".partial")
+        partial.write_bytes(point)
+        os.replace(partial, self.rollback_path)
 
     # -- internals --------------------------------------------------------------------------
     def _control(self) -> dict[str, float]:
@@ -461,6 +559,34 @@ class OptimizerKicks:
             "sgd": None if self._sgd is None else self._sgd.state_dict(),
             "grads": self._grads.state_dict(),
         }
+
+    def resume_state(self) -> dict[str, Any]:
+        """The kicks in force, for a checkpoint whose optimizer and lr schedulers the trainer
+        saves (kicked values included); ``resume`` puts them back once it restored those."""
+        return {
+            "active": [{"kick": a.kick.to_dict(), "start": a.start} for a in self._active.values()],
+            "lr_factor": self._lr_factor,
+            "base_wd": self._base_wd,
+            "saved_base_lrs": self._base_lrs,
+            "sgd": None if self._sgd is None else self._sgd.state_dict(),
+            "grads": self._grads.state_dict(),
+        }
+
+    def resume(self, state: Mapping[str, Any]) -> None:
+        """Take up ``resume_state()`` on the optimizer and lr schedulers restored from the
+        same checkpoint: their lr, weight decay and ``base_lrs`` already carry the kicks."""
+        self._active = {}
+        for entry in state["active"]:
+            kick = Kick.from_dict(entry["kick"])
+            self._active[kick.kind] = ActiveKick(kick, int(entry["start"]))
+        self._lr_factor = float(state["lr_factor"])
+        self._base_wd = state["base_wd"]
+        self._base_lrs = state["saved_base_lrs"]
+        if SGD_SWITCH in self._active:
+            self._switch_on(self._active[SGD_SWITCH].kick)
+            assert self._sgd is not None
+            self._sgd.load_state_dict(state["sgd"])
+        self._grads.load_state_dict(state["grads"])
 
     def restore(self, state: Mapping[str, Any], step: int) -> None:
         """Return to ``state_dict()`` at optimizer step ``step``: the optimizer's state and

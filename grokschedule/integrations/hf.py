@@ -16,20 +16,29 @@ Each decision goes into the evaluation's entry of ``state.log_history`` under th
 path writes into results (``scheduler/decision``, ``scheduler/reason``, …), and, when the
 Trainer reports to MLflow, to its MLflow run under the Tune path's tag and metric names.
 
+Each checkpoint the Trainer saves gets the run's scheduler state as ``grok_state.pt`` in its
+folder (the main process writes it in ``on_save``, right after the Trainer's own files), and
+``train(resume_from_checkpoint=...)`` from a checkpoint in ``args.output_dir`` picks it up in
+``on_train_begin``, after the Trainer restored its state, model, optimizer and lr scheduler.
+Not ``ExportableState``: that stores JSON in ``trainer_state.json``, is restored only with
+``restore_callback_states_from_checkpoint``, and then replaces the callback with a new one.
+
 ``GrokMetricsCallback`` only adds ``weight_norm`` to that entry: for a ``GrokScheduler`` that
 judges the Trainer from Ray Tune (``RayTrainReportCallback`` reports the log history).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 
 from grokschedule.core.contract import MetricNames
 from grokschedule.integrations.common import (
@@ -40,11 +49,16 @@ from grokschedule.integrations.common import (
     OptimizerKicks,
     decision_record,
     numbers,
+    pack_state,
     rollback_file,
+    unpack_state,
     weight_norm,
 )
 
+logger = logging.getLogger("grokschedule.integrations")
+
 ROLLBACK_DIR = "grok_rollback"  # inside args.output_dir
+STATE_FILE = "grok_state.pt"  # inside each checkpoint folder
 _HINT = (
     "Log the train loss by every evaluation (logging_steps dividing eval_steps), return the "
     "target from compute_metrics (its 'accuracy' is logged as 'eval_accuracy'), or pass the "
@@ -98,7 +112,9 @@ class GrokTrainerCallback(TrainerCallback):
     ``grad_noise`` and ``ortho_grad``. ``rollback_dir`` defaults to
     ``args.output_dir/grok_rollback``. After training, ``run`` holds the policy and the
     decisions (``run.decisions``, ``run.last_decision``) and what each kick changed
-    (``run.records``).
+    (``run.records``). Resumed from a checkpoint, the run goes on from the state saved with it
+    (module docstring); a checkpoint without one (saved before this callback, or resumed from
+    outside ``args.output_dir``) starts the policy afresh, with a warning.
     """
 
     def __init__(
@@ -153,6 +169,7 @@ class GrokTrainerCallback(TrainerCallback):
         self._capacity = math.inf  # the steps the Trainer's loop has
         self._unjudged: tuple[int, list[str]] | None = None  # an evaluation without the target
         self._training = False
+        self._unsaved = False  # a checkpoint had no folder for the state (warned once)
 
     # -- Trainer events ---------------------------------------------------------------------
     def on_train_begin(
@@ -190,8 +207,11 @@ class GrokTrainerCallback(TrainerCallback):
             kicks,
             rollback_file(directory, args.process_index),
             _mlflow_run(args, state),
+            _saved_state(args, state),
         )
-        self._logged, self._unjudged, self._training = {}, None, True
+        if self.run.extended_to is not None:
+            _extend(state, control, self.run.extended_to, self._capacity)
+        self._logged, self._unjudged, self._training, self._unsaved = {}, None, True, False
 
     def on_log(
         self,
@@ -233,14 +253,29 @@ class GrokTrainerCallback(TrainerCallback):
             control.should_training_stop = True
 
         def extend(limit: float) -> float:
-            reached = state.max_steps
-            state.max_steps = max(reached, int(min(limit, self._capacity)))
-            if reached <= state.global_step < state.max_steps:
-                control.should_training_stop = False  # the limit the Trainer stopped at moved
-            return float(state.max_steps)
+            return _extend(state, control, limit, self._capacity)
 
         decision = run.carry_out(decision, stop=stop, extend=extend, metrics=extra)
         entry.update(decision_record(decision))
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.run is None or not self._training or not state.is_world_process_zero:
+            return
+        folder = _checkpoint_folder(args, state)
+        if not folder.is_dir():  # a hyperparameter search's trial folder, say
+            if not self._unsaved:
+                logger.warning(
+                    "grokschedule: no checkpoint folder %s to save the scheduler state in; a "
+                    "run resumed from its checkpoints starts the policy afresh",
+                    folder,
+                )
+            self._unsaved = True
+            return
+        partial = folder / f"{STATE_FILE}.partial"
+        partial.write_bytes(pack_state(self.run))
+        os.replace(partial, folder / STATE_FILE)  # a state under its name is whole
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -275,6 +310,50 @@ class GrokTrainerCallback(TrainerCallback):
                 f"{self.settings.names.target!r}; it logged {logged}. {_HINT}"
             )
         self._unjudged = None
+
+
+def _checkpoint_folder(args: TrainingArguments, state: TrainerState) -> Path:
+    """Where the Trainer saves (and, resumed from ``args.output_dir``, loaded) the checkpoint
+    of this step; a hyperparameter search's trials save theirs in folders of their own."""
+    return Path(args.output_dir or ".") / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+
+def _extend(state: TrainerState, control: TrainerControl, limit: float, capacity: float) -> float:
+    """Move the Trainer's step limit to ``limit`` (at most its loop's ``capacity``); the one set."""
+    reached = state.max_steps
+    state.max_steps = max(reached, int(min(limit, capacity)))
+    if reached <= state.global_step < state.max_steps:
+        control.should_training_stop = False  # the limit the Trainer stopped at moved
+    return float(state.max_steps)
+
+
+def _saved_state(args: TrainingArguments, state: TrainerState) -> dict[str, Any] | None:
+    """The scheduler state saved with the checkpoint training resumed from (the Trainer has
+    loaded its ``trainer_state.json`` by ``on_train_begin``: ``global_step > 0``); ``None`` for
+    a fresh run, or a checkpoint without one (with a warning)."""
+    if state.global_step == 0:
+        return None
+    path = _checkpoint_folder(args, state) / STATE_FILE
+    if not path.is_file():
+        logger.warning(
+            "grokschedule: resumed at step %d without a scheduler state (%s): the policy "
+            "starts afresh, its patience and kick budget with it; a checkpoint saved before "
+            "grokschedule kept this state, or one outside args.output_dir, has none",
+            state.global_step,
+            path,
+        )
+        return None
+    saved = unpack_state(path.read_bytes(), str(path))
+    # The checkpoint's log history holds its decisions: a state from another run's checkpoint
+    # of the same step (a stale output_dir) would judge this one from the wrong evidence.
+    judged = [e["step"] for e in state.log_history if "scheduler/decision" in e]
+    if (judged[-1] if judged else -math.inf) != saved["step"]:
+        raise ValueError(
+            f"{path}: its last judged step is {saved['step']:g}, the resumed checkpoint's "
+            f"{judged[-1] if judged else 'none'}; it belongs to another run (remove it to start "
+            "the policy afresh)"
+        )
+    return saved
 
 
 def _loop_capacity(args: TrainingArguments, state: TrainerState, dataloader: Any) -> float:

@@ -15,10 +15,16 @@ every logger at the trainer's step; with an ``MLFlowLogger``, its run gets the T
 and ``grok/decisions.json`` as well. Validate at ``max_t`` (``val_check_interval`` dividing
 it, ``check_val_every_n_epoch=None``) so the budget rule sees it. Under DDP, log what the
 callback reads with ``sync_dist=True`` so every rank decides alike.
+
+The run's scheduler state goes into each checkpoint through the callback's ``state_dict``
+(Lightning stores it under the callback's ``state_key``), and ``fit(ckpt_path=...)`` hands it
+back to ``load_state_dict`` before the optimizers exist; ``on_train_start``, once they are
+restored, goes on from it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,9 +42,13 @@ from grokschedule.integrations.common import (
     OptimizerKicks,
     decision_record,
     numbers,
+    pack_state,
     rollback_file,
+    unpack_state,
     weight_norm,
 )
+
+logger = logging.getLogger("grokschedule.integrations")
 
 ROLLBACK_DIR = "grok_rollback"  # inside trainer.default_root_dir
 _HINT = (
@@ -57,7 +67,9 @@ class GrokLightningCallback(pl.Callback):
     ``max_steps``. ``interventions`` may name the kinds ``lr_multiply``, ``lr_cycle``,
     ``weight_decay``, ``sgd_switch``, ``grokfast``, ``grad_noise`` and ``ortho_grad``.
     ``rollback_dir`` defaults to ``default_root_dir/grok_rollback``. After ``fit``, ``run``
-    holds the policy, the decisions and what each kick changed.
+    holds the policy, the decisions and what each kick changed. ``fit(ckpt_path=...)`` goes
+    on from the state saved in the checkpoint (module docstring); a checkpoint without one
+    (saved before this callback) starts the policy afresh, with a warning.
     """
 
     def __init__(
@@ -110,7 +122,16 @@ class GrokLightningCallback(pl.Callback):
         self.run: GrokRun | None = None
         self._capacity = math.inf
         self._stepped = 0  # the global step after the last optimizer step seen
+        self._saved: dict[str, Any] | None = None  # from the checkpoint, until on_train_start
 
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.run is None else {"run": pack_state(self.run)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved = unpack_state(state_dict["run"], f"{type(self).__name__} checkpoint state")
+
+    # -- Trainer events ---------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         limit = trainer.max_steps if trainer.max_steps > 0 else None
         max_t = self.settings.budget(limit, "max_steps")
@@ -122,13 +143,24 @@ class GrokLightningCallback(pl.Callback):
         if self.settings.interventions is not None:
             kicks = _optimizer_kicks(trainer, pl_module)
         directory = self.rollback_dir or Path(trainer.default_root_dir) / ROLLBACK_DIR
+        saved, self._saved = self._saved, None
+        if saved is None and trainer.ckpt_path is not None:
+            logger.warning(
+                "grokschedule: resumed from %s without a scheduler state: the policy starts "
+                "afresh, its patience and kick budget with it (a checkpoint saved before "
+                "grokschedule kept this state has none)",
+                trainer.ckpt_path,
+            )
         self.run = self.settings.run(
             max_t,
             pl_module,
             kicks,
             rollback_file(directory, trainer.global_rank),
             _mlflow_run(trainer),
+            saved,
         )
+        if self.run.extended_to is not None:
+            _extend(trainer, self.run.extended_to, self._capacity)
         self._stepped = trainer.global_step
 
     def on_before_optimizer_step(
@@ -161,14 +193,12 @@ class GrokLightningCallback(pl.Callback):
         decision = run.observe({**logged, **extra}, trainer.global_step)
         if decision is None:
             return
-        epoch_loop = trainer.fit_loop.epoch_loop
 
         def stop() -> None:
             trainer.should_stop = True
 
         def extend(limit: float) -> float:
-            epoch_loop.max_steps = max(epoch_loop.max_steps, int(min(limit, self._capacity)))
-            return float(epoch_loop.max_steps)
+            return _extend(trainer, limit, self._capacity)
 
         decision = run.carry_out(decision, stop=stop, extend=extend, metrics=extra)
         record = decision_record(decision)
@@ -186,6 +216,13 @@ class GrokLightningCallback(pl.Callback):
     ) -> None:
         if self.run is not None:
             self.run.finish(trainer.global_step, error=repr(exception))
+
+
+def _extend(trainer: pl.Trainer, limit: float, capacity: float) -> float:
+    """Move the fit loop's ``max_steps`` to ``limit`` (at most ``capacity``); the one set."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    epoch_loop.max_steps = max(epoch_loop.max_steps, int(min(limit, capacity)))
+    return float(epoch_loop.max_steps)
 
 
 def _loop_capacity(trainer: pl.Trainer) -> float:
