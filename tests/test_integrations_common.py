@@ -160,3 +160,56 @@ def test_importing_grokschedule_needs_neither_transformers_nor_lightning() -> No
         "['GrokLightningCallback', 'GrokMetricsCallback', 'GrokTrainerCallback']"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_packed_state_loads_without_running_pickled_code(tmp_path) -> None:
+    """The whole policy (the adaptive predictor's history, numpy RNG) and the kicks in force
+    (grokfast's EMA tensors, an SGD switch's momentum) come back through ``weights_only``
+    loading; a state naming anything else is refused before anything is built."""
+    from grokschedule.core.contract import MetricNames
+    from grokschedule.core.kick_policy import KickConfig
+    from grokschedule.integrations.common import GrokSettings
+    from grokschedule.integrations.run_state import pack_state, unpack_state
+    from grokschedule.training.checkpoints import UnsafeCheckpointError
+
+    settings = GrokSettings(
+        metric="val_acc",
+        mode="max",
+        names=MetricNames("step", "val_acc", "train_loss", "train_acc", "val_loss", None),
+        max_t=400,
+        grok_threshold=0.95,
+        max_extension=None,
+        patience_factor=1.0,
+        min_patience=0,
+        stop_on_grok=True,
+        phase_options=None,
+        interventions=True,
+        predictor=True,
+        stop_below=None,
+        keep_above=0.5,
+        judge_after=1.0,
+        adaptive=True,
+        hint="",
+    )
+    model, optimizer, scheduler, kicks = setup()
+    run = settings.run(400, model, kicks, tmp_path / "rollback.pt")
+    for step in range(5, 100, 5):
+        logged = {"train_loss": 0.01, "train_acc": 1.0, "val_loss": 2.0 + step / 100}
+        run.observe({**logged, "val_acc": 0.25}, step)
+    [grokfast] = KickConfig.from_user(["grokfast"]).kicks
+    kicks.apply(grokfast, 100)
+    kicks.apply(Kick("sgd_switch", {"lr": 0.05, "momentum": 0.9}, duration_steps=20), 100)
+    for step in range(100, 103):
+        train_step(model, optimizer, scheduler, kicks, step)
+
+    state = unpack_state(pack_state(run), "test")
+    assert state["policy"].decision_log("run") == run.decisions
+    assert state["policy"].trial("run").history is not None  # the predictor's input
+    resumed = OptimizerKicks(model, optimizer, [scheduler])
+    resumed.resume(state["kicks"])
+    assert [a.kick for a in resumed.active] == [a.kick for a in kicks.active]
+
+    foreign = tmp_path / "foreign"
+    torch.save({"format": 1, "policy": foreign}, foreign)  # a pathlib class, not core's
+    with pytest.raises(UnsafeCheckpointError, match=r"names pathlib\.\w*Path"):
+        unpack_state(foreign.read_bytes(), "test")

@@ -19,14 +19,14 @@ checkpointing: Hugging Face's ``Trainer._save_checkpoint`` is private and Lightn
 step counter is not rolled back, and the lr schedule keeps its place.
 
 A run resumed from the trainer's checkpoint resumes the policy too: ``GrokRun.state_dict``
-(packed by ``pack_state``) is saved with each checkpoint and ``GrokSettings.run(state=...)``
-continues from it, so the memorization step, the evidence, the patience clock, the kicks used
-and in force, the rollback point and the decision log carry on instead of starting afresh.
+(packed by ``run_state.pack_state``) is saved with each checkpoint and
+``GrokSettings.run(state=...)`` continues from it, so the memorization step, the evidence, the
+patience clock, the kicks used and in force, the rollback point and the decision log carry on
+instead of starting afresh.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -73,40 +73,10 @@ LIVE_KINDS = (*HYPERPARAM_LIVE, *GRAD_TRANSFORMS)
 ANNOTATION_PREFIX = "scheduler/"  # the decision's keys, as GrokCallback writes them into results
 _METRIC_NAME = re.compile(r"^[/\w.\- :]+$")  # MLflow's rule for metric names
 _MAX_TAG = 8000  # MLflow's limit on a tag value
-STATE_FORMAT = 1  # of GrokRun.state_dict(); a state of another format is refused
 
 
 class MissingMetricError(ValueError):
     """A metric the callback was configured to read is not among what the trainer logged."""
-
-
-def pack_state(run: GrokRun) -> bytes:
-    """``run.state_dict()`` as bytes, for a trainer's checkpoint.
-
-    ``torch.save`` of a plain dict, because the state holds both tensors (the rollback point,
-    the gradient transforms' buffers) and the ``GrokPolicy`` itself, pickled whole as Ray Tune
-    pickles ``GrokScheduler`` for ``Tuner.restore`` (its detectors, predictor history and kick
-    statistics have no other serialized form). As bytes, it survives a checkpoint load with
-    ``weights_only=True`` (torch's default, which Lightning keeps); ``unpack_state`` unpickles
-    it, so resume only from checkpoints you trust, as with the trainer's own."""
-    buffer = io.BytesIO()
-    torch.save(run.state_dict(), buffer)
-    return buffer.getvalue()
-
-
-def unpack_state(data: bytes, where: str) -> dict[str, Any]:
-    """The state ``pack_state`` made; a clear ``ValueError`` naming ``where`` it came from for
-    anything else (a truncated file, another format)."""
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises pickle's, zipfile's and its own errors
-        raise ValueError(f"{where}: not a readable grokschedule state ({error})") from error
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(
-            f"{where}: not a grokschedule state of format {STATE_FORMAT} (found {found!r})"
-        )
-    return state
 
 
 class GrokSettings:
@@ -212,8 +182,9 @@ class GrokSettings:
         mlflow: MlflowDecisions | None = None,
         state: Mapping[str, Any] | None = None,
     ) -> GrokRun:
-        """A fresh run, or with ``state`` (``unpack_state``) the run it was saved from, once
-        the trainer has restored its model, optimizer and lr schedulers from the checkpoint."""
+        """A fresh run, or with ``state`` (``run_state.unpack_state``) the run it was saved
+        from, once the trainer has restored its model, optimizer and lr schedulers from the
+        checkpoint."""
         config = self.config(max_t)
         if state is None:
             return GrokRun(GrokPolicy(config), self, model, kicks, rollback_path, mlflow)
@@ -346,13 +317,12 @@ class GrokRun:
         return self.policy.config.max_t + self.policy.config.extension
 
     def state_dict(self) -> dict[str, Any]:
-        """What the run has learnt, for the trainer's checkpoint (``pack_state``): the policy,
+        """What the run has learnt, for the trainer's checkpoint (``run_state``): the policy,
         the last step observed (a resumed trainer repeating it is ignored, as in
         ``observe``), the acknowledgements, the kick records, the kicks in force (the
         optimizer's own state is the checkpoint's) and the rollback point's file."""
         point = self.rollback_path.read_bytes() if self.rollback_path.is_file() else None
         return {
-            "format": STATE_FORMAT,
             "policy": self.policy,
             "step": self.step,
             "checked": self._checked,

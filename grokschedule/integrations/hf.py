@@ -49,11 +49,10 @@ from grokschedule.integrations.common import (
     OptimizerKicks,
     decision_record,
     numbers,
-    pack_state,
     rollback_file,
-    unpack_state,
     weight_norm,
 )
+from grokschedule.integrations.run_state import pack_state, unpack_state
 
 logger = logging.getLogger("grokschedule.integrations")
 
