@@ -255,12 +255,12 @@ def held(callback: GrokTrainerCallback) -> dict:
 
 
 def outline(trainer: Trainer) -> list[tuple]:
-    """Each evaluation's step, decision and score, and the lr logged with the train loss."""
+    """Each judged evaluation's step, decision and score, and the lr logged with the train loss."""
     keys = ("step", "scheduler/decision", "scheduler/reason", "scheduler/score", "learning_rate")
     return [
         tuple(e.get(k) for k in keys)
         for e in trainer.state.log_history
-        if "loss" in e or "eval_loss" in e
+        if "loss" in e or "scheduler/decision" in e
     ]
 
 
@@ -274,7 +274,7 @@ def interrupted_run(tmp_path: Path) -> tuple[GrokTrainerCallback, Path]:
 
 def test_resumed_run_goes_on_with_the_scheduler_state_of_its_checkpoint(tmp_path: Path) -> None:
     """The policy's memory, the kick budget used and the kick in force (its lr) survive a
-    resume, and the resumed run decides as the uninterrupted one did."""
+    resume, and the resumed run decides as the uninterrupted one did, judging no step twice."""
     whole = GrokTrainerCallback(**RESUMABLE)
     uninterrupted = make_trainer(tmp_path / "whole", [whole], max_steps=400, save_steps=5)
     uninterrupted.train()
@@ -287,6 +287,7 @@ def test_resumed_run_goes_on_with_the_scheduler_state_of_its_checkpoint(tmp_path
     callback = GrokTrainerCallback(**RESUMABLE)
     resumed = Resumed(callback)
     trainer = make_trainer(tmp_path / "parts", [callback, resumed], max_steps=400, save_steps=5)
+    trainer.args.eval_on_start = True  # evaluates at the checkpoint's step again
     trainer.train(resume_from_checkpoint=str(checkpoint))
 
     lr_at_checkpoint = resumed.at_start.pop("lr")
@@ -294,7 +295,10 @@ def test_resumed_run_goes_on_with_the_scheduler_state_of_its_checkpoint(tmp_path
     assert lr_at_checkpoint == [pytest.approx(3e-2)] * 2  # the kicked lr, the kick in force
     assert callback.run.decisions == whole.run.decisions
     assert callback.run.decisions[-1].kind is DecisionKind.STOP
-    assert outline(trainer) == outline(uninterrupted)  # the log history, through the resume
+    # The log history through the resume: the repeated evaluation at the checkpoint's step is
+    # not judged again.
+    assert [e["step"] for e in evaluations(trainer)].count(CHECKPOINT) == 2
+    assert outline(trainer) == outline(uninterrupted)
 
 
 def test_a_run_resumed_inside_its_extension_keeps_it(tmp_path: Path) -> None:

@@ -85,7 +85,10 @@ def _resolve(name: str, where: str) -> Any:
     if name in _NUMPY:
         return getattr(importlib.import_module(module), attribute)
     if name.startswith(_CORE):
-        found = getattr(importlib.import_module(module), attribute, None)
+        try:
+            found = getattr(importlib.import_module(module), attribute, None)
+        except ImportError:  # no such module in this version of grokschedule
+            found = None
         if isinstance(found, type) and found.__module__ == module:  # a class defined there
             return found
     raise UnsafeCheckpointError(
