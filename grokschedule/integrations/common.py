@@ -75,6 +75,28 @@ _METRIC_NAME = re.compile(r"^[/\w.\- :]+$")  # MLflow's rule for metric names
 _MAX_TAG = 8000  # MLflow's limit on a tag value
 
 
+# A callback's arguments as GrokSettings takes them: the metric names (MetricNames' order after
+# the step) and the policy's own.
+_NAME_ARGUMENTS = ("metric", "train_loss", "train_acc", "val_loss", "weight_norm")
+_POLICY_ARGUMENTS = (
+    "metric",
+    "mode",
+    "max_t",
+    "grok_threshold",
+    "max_extension",
+    "patience_factor",
+    "min_patience",
+    "stop_on_grok",
+    "phase_options",
+    "interventions",
+    "predictor",
+    "stop_below",
+    "keep_above",
+    "judge_after",
+    "adaptive",
+)
+
+
 class MissingMetricError(ValueError):
     """A metric the callback was configured to read is not among what the trainer logged."""
 
@@ -148,6 +170,18 @@ class GrokSettings:
         }
         # Bad arguments fail here, before any training; max_t may come from the trainer later.
         self.config(1.0 if max_t is None else max_t)
+
+    @classmethod
+    def of_callback(cls, arguments: Mapping[str, Any], hint: str) -> GrokSettings:
+        """The settings of a callback built with ``arguments``, its ``__init__``'s
+        ``locals()``: each callback keeps its own signature (its trainer's metric names as
+        defaults) and hands GrokScheduler's arguments, which it takes by the same names, on
+        here in one piece. The others (``self``, ``rollback_dir``) are left out."""
+        if not arguments["metric"]:
+            raise ValueError("metric must be a non-empty metric name")
+        names = MetricNames("step", *(arguments[key] for key in _NAME_ARGUMENTS))
+        policy = {key: arguments[key] for key in _POLICY_ARGUMENTS}
+        return cls(names=names, hint=hint, **policy)
 
     @property
     def interventions(self) -> KickConfig | None:

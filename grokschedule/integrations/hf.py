@@ -40,7 +40,6 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 
-from grokschedule.core.contract import MetricNames
 from grokschedule.integrations.common import (
     GrokRun,
     GrokSettings,
@@ -140,28 +139,7 @@ class GrokTrainerCallback(TrainerCallback):
         adaptive: bool = False,
         rollback_dir: str | Path | None = None,
     ) -> None:
-        if not metric:
-            raise ValueError("metric must be a non-empty metric name")
-        names = MetricNames("step", metric, train_loss, train_acc, val_loss, weight_norm)
-        self.settings = GrokSettings(
-            metric=metric,
-            mode=mode,
-            names=names,
-            max_t=max_t,
-            grok_threshold=grok_threshold,
-            max_extension=max_extension,
-            patience_factor=patience_factor,
-            min_patience=min_patience,
-            stop_on_grok=stop_on_grok,
-            phase_options=phase_options,
-            interventions=interventions,
-            predictor=predictor,
-            stop_below=stop_below,
-            keep_above=keep_above,
-            judge_after=judge_after,
-            adaptive=adaptive,
-            hint=_HINT,
-        )
+        self.settings = GrokSettings.of_callback(locals(), _HINT)  # locals(): the arguments alone
         self.rollback_dir = None if rollback_dir is None else Path(rollback_dir)
         self.run: GrokRun | None = None
         self._logged: dict[str, float] = {}

@@ -34,7 +34,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
 
-from grokschedule.core.contract import MetricNames
 from grokschedule.integrations.common import (
     GrokRun,
     GrokSettings,
@@ -95,28 +94,7 @@ class GrokLightningCallback(pl.Callback):
         adaptive: bool = False,
         rollback_dir: str | Path | None = None,
     ) -> None:
-        if not metric:
-            raise ValueError("metric must be a non-empty metric name")
-        names = MetricNames("step", metric, train_loss, train_acc, val_loss, weight_norm)
-        self.settings = GrokSettings(
-            metric=metric,
-            mode=mode,
-            names=names,
-            max_t=max_t,
-            grok_threshold=grok_threshold,
-            max_extension=max_extension,
-            patience_factor=patience_factor,
-            min_patience=min_patience,
-            stop_on_grok=stop_on_grok,
-            phase_options=phase_options,
-            interventions=interventions,
-            predictor=predictor,
-            stop_below=stop_below,
-            keep_above=keep_above,
-            judge_after=judge_after,
-            adaptive=adaptive,
-            hint=_HINT,
-        )
+        self.settings = GrokSettings.of_callback(locals(), _HINT)  # locals(): the arguments alone
         self.rollback_dir = None if rollback_dir is None else Path(rollback_dir)
         self.run: GrokRun | None = None
         self._capacity = math.inf
