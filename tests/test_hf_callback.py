@@ -16,6 +16,12 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from callback_helpers import (  # noqa: E402
+    FAST,
+    RESUMABLE,
+    assert_settings_are_schedulers,
+    held,
+)
 from transformers import (  # noqa: E402
     LlamaConfig,
     LlamaForSequenceClassification,
@@ -28,9 +34,6 @@ from grokschedule.core.decision import Cause, DecisionKind  # noqa: E402
 from grokschedule.core.kicks import Kick  # noqa: E402
 from grokschedule.integrations.common import MissingMetricError  # noqa: E402
 from grokschedule.integrations.hf import STATE_FILE, GrokTrainerCallback  # noqa: E402
-
-# Small rules, so decisions come within ~100 steps (as tests/test_policy.py does).
-FAST = {"patience_factor": 1.0, "min_patience": 0, "judge_after": 1.0, "predictor": False}
 
 
 @pytest.fixture(autouse=True)
@@ -209,15 +212,7 @@ def test_fresh_evidence_at_max_t_extends_the_run(tmp_path: Path, room: bool) -> 
         assert "the trainer's loop ends at step 80, before 120" in by_step[80]["scheduler/reason"]
 
 
-# A kick in force from step 30 to 60; the interrupted run's last checkpoint is at step 40.
-RESUMABLE = {
-    **FAST,
-    "interventions": {
-        "kicks": [Kick("lr_multiply", {"factor": 3.0}, duration_steps=30)],
-        "max_kicks": 1,
-        "cooldown": 0,
-    },
-}
+# RESUMABLE's kick is in force from step 30 to 60; the interrupted run's last checkpoint is at 40.
 CHECKPOINT = 40
 
 
@@ -242,16 +237,6 @@ class Resumed(TrainerCallback):
     def on_train_begin(self, args, state, control, optimizer=None, **_):
         self.at_start = held(self.grok)
         self.at_start["lr"] = [g["lr"] for g in optimizer.param_groups]
-
-
-def held(callback: GrokTrainerCallback) -> dict:
-    run = callback.run
-    return {
-        "memorized_step": run.policy.trial("run").detector.memorized_step,
-        "kicks_used": run.policy.kicks.trial("run").used,
-        "decisions": run.decisions,
-        "kicks_in_force": [a.kick for a in run.kicks.active],
-    }
 
 
 def outline(trainer: Trainer) -> list[tuple]:
@@ -375,6 +360,10 @@ def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"max_t \(500\) is beyond the trainer's max_steps"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_every_argument_reaches_the_settings() -> None:
+    assert_settings_are_schedulers(GrokTrainerCallback)
 
 
 def test_defaults_are_grokschedulers() -> None:

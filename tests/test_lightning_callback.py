@@ -15,6 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
+from callback_helpers import (  # noqa: E402
+    FAST,
+    RESUMABLE,
+    assert_settings_are_schedulers,
+    held,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
@@ -23,7 +29,6 @@ from grokschedule.core.kicks import Kick  # noqa: E402
 from grokschedule.integrations.common import MissingMetricError  # noqa: E402
 from grokschedule.integrations.lightning import GrokLightningCallback  # noqa: E402
 
-FAST = {"patience_factor": 1.0, "min_patience": 0, "judge_after": 1.0, "predictor": False}
 HORIZON = 400  # the lr schedule's length in steps
 
 
@@ -175,15 +180,7 @@ def test_fresh_evidence_at_max_t_extends_the_fit(tmp_path: Path) -> None:
     assert final.kind is DecisionKind.STOP and final.cause is Cause.BUDGET
 
 
-# A kick in force from step 50 to 80; the interrupted fit's last checkpoint is at step 55.
-RESUMABLE = {
-    **FAST,
-    "interventions": {
-        "kicks": [Kick("lr_multiply", {"factor": 3.0}, duration_steps=30)],
-        "max_kicks": 1,
-        "cooldown": 0,
-    },
-}
+# RESUMABLE's kick is in force from step 50 to 80; the interrupted fit's last checkpoint is at 55.
 CHECKPOINT = 55
 
 
@@ -212,16 +209,6 @@ class Resumed(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.at_start = held(self.grok)
         self.at_start["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-
-
-def held(callback: GrokLightningCallback) -> dict:
-    run = callback.run
-    return {
-        "memorized_step": run.policy.trial("run").detector.memorized_step,
-        "kicks_used": run.policy.kicks.trial("run").used,
-        "decisions": run.decisions,
-        "kicks_in_force": [a.kick for a in run.kicks.active],
-    }
 
 
 def checkpoints(tmp_path: Path) -> ModelCheckpoint:
@@ -282,6 +269,10 @@ def test_missing_metric_is_a_clear_error(tmp_path: Path) -> None:
     callback = GrokLightningCallback(**FAST)
     with pytest.raises(MissingMetricError, match=r"did not log \['train_acc'\] by step 5"):
         fit(tmp_path, [callback], Memorizer(log_train_acc=False))
+
+
+def test_every_argument_reaches_the_settings() -> None:
+    assert_settings_are_schedulers(GrokLightningCallback)
 
 
 def test_defaults_are_grokschedulers() -> None:
