@@ -328,6 +328,7 @@ def test_resume_without_a_saved_state_warns_and_starts_afresh(
 
 
 def test_a_corrupt_or_foreign_saved_state_is_a_clear_error(tmp_path: Path) -> None:
+    """A truncated state, one made with other arguments, one of another run's checkpoint."""
     _, checkpoint = interrupted_run(tmp_path)
     state = checkpoint / STATE_FILE
     good = state.read_bytes()
@@ -339,6 +340,13 @@ def test_a_corrupt_or_foreign_saved_state_is_a_clear_error(tmp_path: Path) -> No
     other = GrokTrainerCallback(**{**RESUMABLE, "patience_factor": 2.0})
     trainer = make_trainer(tmp_path, [other], max_steps=400)
     with pytest.raises(ValueError, match=r"other settings \(\['patience_factor'\]\)"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    # Another run's state at this step (here, the one saved 5 steps before): not this run's.
+    state.write_bytes(
+        (checkpoint.parent / f"checkpoint-{CHECKPOINT - 5}" / STATE_FILE).read_bytes()
+    )
+    trainer = make_trainer(tmp_path, [GrokTrainerCallback(**RESUMABLE)], max_steps=400)
+    with pytest.raises(ValueError, match=r"last judged step is 35, .* 40; it belongs to another"):
         trainer.train(resume_from_checkpoint=str(checkpoint))
 
 
