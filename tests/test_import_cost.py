@@ -1,10 +1,11 @@
 """What each Ray process of a DeepSpeed trial imports from grokschedule, and what it must not load.
 
-A trial starts four Python processes that import grokschedule by unpickling: the Tune trial actor
-(the trainable), the Train controller (the run's callbacks and ``train_loop_config``), the run
-reaper, and each Train worker (the loop). On a 2-core machine every second of imports in them is
-a second of the trial's start (see CHANGELOG). Each module here is imported in a fresh
-interpreter, as those processes do, and may not bring what only the driver or the workers need.
+A trial starts four Python processes that import grokschedule by unpickling what Ray hands them:
+the Tune trial actor (the trainable), the Train controller (the run's callbacks and its
+``train_loop_config``), the run reaper (its class) and each Train worker (the loop, the
+callbacks, the loop config). On a 2-core machine every second of imports in them is a second of
+the trial's start (see CHANGELOG). Each module here is imported in a fresh interpreter, as those
+processes do, and may not bring what only the driver or the workers need.
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ CASES = {
     "grokschedule.adapters": [*DRIVER_ONLY, *WORKER_ONLY, "ray.tune", "torch"],
     # the controller and the workers unpickle ChannelCommands from train_loop_config
     "grokschedule.adapters.trainables.commands": [*DRIVER_ONLY, *WORKER_ONLY, "torch"],
-    # the controller and the workers unpickle ReleaseOnStop; the reaper is defined here
+    # the controller and the workers unpickle ReleaseOnStop
     "grokschedule.adapters.trainables.train_guard": [*DRIVER_ONLY, *WORKER_ONLY, "ray.tune"],
+    # the run reaper's own process: Ray's core and nothing of Ray Train
+    "grokschedule.adapters.trainables.reaper": [
+        *DRIVER_ONLY,
+        *WORKER_ONLY,
+        "ray.tune",
+        "ray.train",
+        "pandas",
+    ],
     # the trial actor: the Tune function, which builds the TorchTrainer
     "grokschedule.adapters.trainables.deepspeed": [*DRIVER_ONLY, *WORKER_ONLY],
     # the workers: the loop, which needs DeepSpeed
