@@ -31,8 +31,8 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from grokschedule.adapters.control_channel import ControlChannel
+from grokschedule.adapters.trainables.commands import ChannelCommands
 from grokschedule.adapters.trainables.deepspeed import make_trainable
-from grokschedule.adapters.trainables.train_loop import ChannelCommands
 from grokschedule.core.commands import Command, SweepKey
 from grokschedule.core.kicks import Kick
 from grokschedule.training.deepspeed.engine import TAG

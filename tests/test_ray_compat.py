@@ -89,6 +89,19 @@ def test_ray_compat_helpers_answer_without_a_cluster() -> None:
         ray_compat.set_trial_state("key", 1)
 
 
+def test_every_name_ray_compat_exports_resolves() -> None:
+    """The ``ray.train`` names load on first use (``ray_compat.__getattr__``) from a table: each
+    entry must be one of the imports the symbol test above checks, and resolve."""
+    from grokschedule.adapters import ray_compat
+
+    lazy = {(module, name) for name, module in ray_compat._FROM_RAY_TRAIN.items()}
+    assert lazy <= set(SYMBOLS)
+    for name in ray_compat.__all__:
+        assert getattr(ray_compat, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        ray_compat.Nope  # noqa: B018
+
+
 def test_ray_compat_helpers_on_a_local_cluster(local_ray: None) -> None:
     from grokschedule.adapters import ray_compat
 

@@ -16,8 +16,9 @@ from ray.train.torch import TorchTrainer
 from ray.util.placement_group import placement_group_table
 
 from grokschedule.adapters.control_channel import CONTROL_KEY, ControlChannel
+from grokschedule.adapters.trainables.commands import ScriptedCommands
 from grokschedule.adapters.trainables.deepspeed import TRAIN_RUN_NAME, make_trainable
-from grokschedule.adapters.trainables.train_loop import ScriptedCommands, train_loop_per_worker
+from grokschedule.adapters.trainables.train_loop import train_loop_per_worker
 from grokschedule.core.kicks import Kick
 from grokschedule.training.deepspeed.engine import STATE_FILE
 from tune_plugins import GrokScheduler

@@ -5,13 +5,15 @@ minor releases without notice. The rest of grokschedule imports them from here, 
 below, so a Ray upgrade is checked in one file: ``tests/test_ray_compat.py`` imports each symbol
 this module takes from Ray and fails with its name and the installed Ray version. Each item says
 what it is for and the Ray version it was read against (``CHECKED_ON``). Test-only helpers (Ray's
-own config validators) are imported when called, so the runtime path does not load them.
+own config validators) are imported when called, so the runtime path does not load them; so is
+everything from ``ray.train`` (the Train V2 names load on first use, see ``__getattr__``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray._common.constants import HEAD_NODE_RESOURCE_NAME as _HEAD_NODE_RESOURCE_NAME
 from ray._private import ray_constants as _ray_constants
@@ -20,14 +22,6 @@ from ray._private import state as _state
 from ray._private.internal_api import memory_summary as _memory_summary
 from ray.autoscaler._private.util import format_readonly_node_type as _format_readonly_node_type
 from ray.experimental.internal_kv import _internal_kv_get
-from ray.train._internal.session import get_session as _get_session
-from ray.train.v2._internal.constants import (
-    WORKER_GROUP_START_TIMEOUT_S_ENV_VAR as _WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
-)
-from ray.train.v2._internal.execution.callback import ControllerCallback as _ControllerCallback
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback as _WorkerGroupCallback
-from ray.train.v2._internal.execution.context import TrainRunContext as _TrainRunContext
-from ray.train.v2._internal.execution.worker_group import WorkerGroup as _WorkerGroup
 
 CHECKED_ON = "2.60.0"
 """The Ray release every item below was read against (pyproject allows the next minor too)."""
@@ -73,34 +67,48 @@ def readonly_node_type(node_id: str) -> str:
     return name
 
 
-# -- Train V2 inside a Tune trial (adapters.trainables.deepspeed, train_guard) ------------------
-
-WORKER_GROUP_START_TIMEOUT_S_ENV_VAR: str = _WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
-"""Environment variable Train V2's controller reads for how long a worker group may take to be
-placed and started before it counts as a failure (Ray's default: 60 s).
-``ray.train.v2._internal.constants`` (checked on Ray 2.60.0)."""
+# -- Train V2 inside a Tune trial (adapters.trainables.deepspeed, train_guard, reaper) ----------
 
 HEAD_NODE_RESOURCE_NAME: str = _HEAD_NODE_RESOURCE_NAME
 """The custom resource only the head node has; asking for 0.001 of it pins an actor there.
 ``ray._common.constants`` (checked on Ray 2.60.0)."""
 
-ControllerCallback = _ControllerCallback
-"""Base class of Train V2 callbacks that run in the controller (``after_controller_start``,
-``before_controller_shutdown``). ``ray.train.v2._internal.execution.callback`` (checked on Ray
-2.60.0)."""
+if TYPE_CHECKING:  # loaded on first use instead, by ``__getattr__`` from ``_FROM_RAY_TRAIN``
+    # str: the environment variable Train V2's controller reads for how long a worker group may
+    # take to be placed and started before it counts as a failure (Ray's default: 60 s).
+    from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 
-WorkerGroupCallback = _WorkerGroupCallback
-"""Base class of Train V2 callbacks told about each worker group (``after_worker_group_start``,
-whose ``get_worker_group_state().placement_group_handle`` holds the group's placement group).
-``ray.train.v2._internal.execution.callback`` (checked on Ray 2.60.0)."""
+    # Base classes of Train V2 callbacks: ControllerCallback's run in the controller
+    # (``after_controller_start``, ``before_controller_shutdown``); WorkerGroupCallback's are told
+    # about each worker group (``after_worker_group_start``, whose
+    # ``get_worker_group_state().placement_group_handle`` holds the group's placement group).
+    from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
-TrainRunContext = _TrainRunContext
-"""The type ``ControllerCallback.after_controller_start`` receives; for annotations.
-``ray.train.v2._internal.execution.context`` (checked on Ray 2.60.0)."""
+    # The type ``ControllerCallback.after_controller_start`` receives; for annotations.
+    from ray.train.v2._internal.execution.context import TrainRunContext
 
-WorkerGroup = _WorkerGroup
-"""The type ``WorkerGroupCallback.after_worker_group_start`` receives; for annotations.
-``ray.train.v2._internal.execution.worker_group`` (checked on Ray 2.60.0)."""
+    # The type ``WorkerGroupCallback.after_worker_group_start`` receives; for annotations.
+    from ray.train.v2._internal.execution.worker_group import WorkerGroup
+
+# The names above -> their modules (checked on Ray 2.60.0).
+_FROM_RAY_TRAIN = {
+    "WORKER_GROUP_START_TIMEOUT_S_ENV_VAR": "ray.train.v2._internal.constants",
+    "ControllerCallback": "ray.train.v2._internal.execution.callback",
+    "WorkerGroupCallback": "ray.train.v2._internal.execution.callback",
+    "TrainRunContext": "ray.train.v2._internal.execution.context",
+    "WorkerGroup": "ray.train.v2._internal.execution.worker_group",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The names taken from ``ray.train``, imported on first use (PEP 562): importing
+    ``ray.train`` loads Ray Data and pandas (~1 s), which the run reaper — a process per trial
+    that needs only ``actor_state`` — would otherwise pay at every trial's start."""
+    if name not in _FROM_RAY_TRAIN:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_FROM_RAY_TRAIN[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def get_trial_state(key: str) -> Any:
@@ -108,14 +116,18 @@ def get_trial_state(key: str) -> Any:
     a trial: how a function trainable's mixin finds what the function stored.
     ``ray.train._internal.session.get_session().get_state`` — Ray 2.60.0 still runs Tune function
     trainables in the Train v1 session object (checked on Ray 2.60.0)."""
-    session = _get_session()
+    from ray.train._internal.session import get_session
+
+    session = get_session()
     return None if session is None else session.get_state(key)
 
 
 def set_trial_state(key: str, value: Any) -> None:
     """Keep ``value`` under ``key`` in the running Tune trial's session, for ``get_trial_state``.
     ``ray.train._internal.session.get_session().set_state`` (checked on Ray 2.60.0)."""
-    session = _get_session()
+    from ray.train._internal.session import get_session
+
+    session = get_session()
     if session is None:
         raise RuntimeError("no Tune trial session here: call set_trial_state inside a Tune trial")
     session.set_state(key, value)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -25,24 +25,22 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from grokschedule.adapters.control_channel import key_from_config
 from grokschedule.adapters.ray_compat import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+from grokschedule.adapters.trainables.commands import COMMANDS_KEY, ChannelCommands
 from grokschedule.adapters.trainables.train_guard import (
     AbortTrainRunOnStop,
     ReleaseOnStop,
     register_reaper,
     start_reaper,
 )
-from grokschedule.adapters.trainables.train_loop import (
-    COMMANDS_KEY,
-    ChannelCommands,
-    CommandSource,
-    train_loop_per_worker,
-)
 from grokschedule.training.deepspeed.config import TrainerConfig, check_task
 from grokschedule.training.deepspeed.registry import build_task
 
+if TYPE_CHECKING:
+    from grokschedule.training.deepspeed.reporting import CommandSource
+
 TRAIN_RUN_NAME = "train"  # the Train run's directory inside the trial's directory
 # Given a trial id, the command source its workers poll (e.g. the control channel's client).
-CommandSourceFactory = Callable[[str], CommandSource | None]
+CommandSourceFactory = Callable[[str], "CommandSource | None"]
 
 
 def make_trainable(
@@ -76,6 +74,16 @@ def make_trainable(
     return deepspeed_trainable
 
 
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """``train_loop.train_loop_per_worker``, imported where it runs, on the Train workers. The
+    trial actor only hands this function to ``TorchTrainer``; importing the loop there would load
+    DeepSpeed (and MLflow, which DeepSpeed's autotuner imports) into every trial actor, ~1 s of
+    its start."""
+    from grokschedule.adapters.trainables.train_loop import train_loop_per_worker
+
+    train_loop_per_worker(loop_config)
+
+
 def run(config: TrainerConfig, loop_config: dict[str, Any]) -> None:
     """``TorchTrainer.fit()`` for this trial, torn down when Tune stops or pauses the trial."""
     storage = tune.get_context().get_storage()
@@ -84,7 +92,7 @@ def run(config: TrainerConfig, loop_config: dict[str, Any]) -> None:
     os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(config.worker_start_timeout_s)
     reaper = start_reaper()
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        worker_loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from grokschedule.adapters.control_channel import ControlClient
-from grokschedule.core.commands import SweepKey
+from grokschedule.adapters.trainables.commands import COMMANDS_KEY, ChannelCommands
 from grokschedule.core.contract import CONTROL_LORA_RANK, CONTROL_LORA_RANK_LIMIT
 from grokschedule.training.checkpoints import load_agreed
 from grokschedule.training.deepspeed.config import (
@@ -37,7 +35,7 @@ from grokschedule.training.deepspeed.config import (
     check_hardware,
     prepare_cuda_build_env,
 )
-from grokschedule.training.deepspeed.engine import DeepSpeedRun, EngineCommand
+from grokschedule.training.deepspeed.engine import DeepSpeedRun
 from grokschedule.training.deepspeed.registry import build_task
 from grokschedule.training.deepspeed.reporting import (
     CommandSource,
@@ -45,36 +43,6 @@ from grokschedule.training.deepspeed.reporting import (
     report_metrics,
 )
 from grokschedule.training.deepspeed.trainer_probes import TrainerProbes
-
-# The key in ``train_loop_config`` under which a command source travels (see ``poll_commands``).
-COMMANDS_KEY = "_grokschedule_commands"
-
-
-class ScriptedCommands:
-    """A command source that plays a fixed script ``{step: [command, ...]}``: for planned
-    interventions, ablations and tests. Picklable, so it travels to the workers."""
-
-    def __init__(self, script: Mapping[int, Sequence[EngineCommand]]) -> None:
-        self.script = {int(step): list(commands) for step, commands in script.items()}
-
-    def __call__(self, step: int) -> list[EngineCommand]:
-        """Everything scripted at or before ``step`` not yet handed out (polls may skip steps)."""
-        due = sorted(s for s in self.script if s <= step)
-        return [command for s in due for command in self.script.pop(s)]
-
-
-class ChannelCommands:
-    """The command source for a trial under ``GrokScheduler(interventions=...)``: what the
-    scheduler posted to the control channel for ``trial_id``, signed with the sweep's ``key``
-    and validated (the rest is refused and counted, ``metrics``). The loop decides when to ask
-    (every ``poll_every`` steps), so the client asks the channel on every call. Picklable before
-    its first poll, which is how it travels to the workers."""
-
-    def __init__(self, trial_id: str, key: SweepKey) -> None:
-        self.client = ControlClient(trial_id, poll_every=1, key=key)
-
-    def __call__(self, step: int) -> list[EngineCommand]:
-        return list(self.client.poll(step))
 
 
 def device_for(config: TrainerConfig) -> torch.device:
