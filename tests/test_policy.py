@@ -1,11 +1,13 @@
 """GrokPolicy on recorded and synthetic curves: each rule, its cause and reason, the predictor's
 wiring, the per-trial state and the validation of PolicyConfig."""
 
+from dataclasses import replace
+
 import pytest
 from conftest import observations
 
 from grokschedule.core.contract import Observation
-from grokschedule.core.decision import Cause, DecisionKind
+from grokschedule.core.decision import Cause, Decision, DecisionKind
 from grokschedule.core.phases import Phase
 from grokschedule.core.policy import GrokPolicy, PolicyConfig
 
@@ -351,3 +353,31 @@ def test_trials_are_added_listed_and_forgotten() -> None:
 def test_policy_config_is_keyword_only() -> None:
     with pytest.raises(TypeError):
         PolicyConfig("val_acc", "max")
+
+
+def _falling_val_loss(step: float) -> Observation:
+    """``_flat``'s plateau, but with the validation loss falling: fresh evidence every report."""
+    return replace(_flat(step), val_loss=9.0 * 0.97 ** (step / 100))
+
+
+def test_low_p_grok_vetoes_an_extension_unless_a_kick_touched_the_run() -> None:
+    """At ``max_t`` a plateau showing fresh evidence is extended unless P(grok) says it is
+    hopeless. Interventions do not lift that veto for a run no kick touched (none can reach it
+    past ``max_t``); a kicked run's curve is not one the predictor was fitted on, so only the
+    patience rule judges it."""
+    from grokschedule.core.kick_policy import KickConfig
+
+    def at_budget(max_t: float, **config) -> list[Decision]:
+        policy = _plateau_policy(0.01, None, max_t=max_t, max_extension=1000, **config)
+        steps = range(100, int(max_t) + 100, 100)
+        return [policy.observe("t", _falling_val_loss(step)) for step in steps]
+
+    plain = at_budget(800)[-1]  # judged at 2× memorization (400) = max_t
+    assert plain.kind is DecisionKind.STOP and plain.cause is Cause.BUDGET
+    assert plain.reason.startswith("budget: reached max_t 800 in plateau")
+    unkicked = at_budget(800, interventions=KickConfig())
+    assert DecisionKind.KICK not in {d.kind for d in unkicked}
+    assert (unkicked[-1].kind, unkicked[-1].reason) == (plain.kind, plain.reason)
+    kicked = at_budget(1500, interventions=KickConfig())
+    assert [d.step for d in kicked if d.kind is DecisionKind.KICK] == [800]
+    assert kicked[-1].kind is DecisionKind.EXTEND and "plateau is under way" in kicked[-1].reason

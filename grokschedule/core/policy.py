@@ -35,9 +35,10 @@ and 6 also read P(grok) and its ETA, computed from a bounded per-trial history:
 * a plateau at ≥ ``judge_after`` × its memorization time whose P(grok) is *confidently* under
   ``stop_below`` — the top of its interval, ``p_high``, two predictions in a row — is stopped
   at once (never-grok), and a run under that bar (plateau or transition) is not EXTENDed at
-  ``max_t`` — unless interventions are on: such a run is kicked instead, and once its kicks
-  are spent only the patience rule, counted from its last kick, stops it (the predictor was
-  fitted on runs nobody kicked, and a kick changes the curve it reads). A predictor far
+  ``max_t`` — unless interventions are on: such a run is kicked instead, and once it has been
+  kicked only the patience rule, counted from its last kick, stops it (the predictor was
+  fitted on runs nobody kicked, and a kick changes the curve it reads); a run no kick touched
+  before ``max_t`` is judged at ``max_t`` as without interventions. A predictor far
   outside the data it was fitted on has a wide interval, so it stops less;
 * a plateau whose patience ran out but whose P(grok) ≥ ``keep_above`` is kept (the hand
   patience rule alone stops slow grokkers on the quiet stretch before their turn);
@@ -402,10 +403,16 @@ class GrokPolicy:
         """Step over the memorization step as the detector saw it (the patience's basis too)."""
         return d.step / d.memorized_step if d.memorized_step else 0.0
 
-    def _hopeless(self, state: TrialState) -> Prediction | None:
-        """The prediction, when it says to stop this plateau now."""
+    def _hopeless(self, trial_id: str, state: TrialState) -> Prediction | None:
+        """The prediction, when it says to stop this plateau now. With interventions, only for a
+        trial no kick has touched once none can reach it (past ``max_t``): before, a kick comes
+        first; after one, its curve is not one the predictor was fitted on."""
         prediction = state.prediction
-        if prediction is None or self.kicks is not None:  # with kicks, kick before stopping
+        if prediction is None:
+            return None
+        if self.kicks is not None and (
+            state.detector.step < self.config.max_t or self.kicks.trial(trial_id).used
+        ):
             return None
         if (  # two predictions in a row, so one noisy reading does not kill a run
             state.low_streak >= 2
@@ -492,7 +499,7 @@ class GrokPolicy:
             kind = DecisionKind.STOP if c.stop_on_grok else DecisionKind.CONTINUE
             return _Ruling(kind, Cause.GROKKED, reason)
         if d.step >= c.max_t:
-            return self._at_budget(state, phase)
+            return self._at_budget(trial_id, state, phase)
         if phase is Phase.PLATEAU:
             return self._withhold_on_probes(state, self._plateau(trial_id, state))
         if phase is Phase.TRANSITION:
@@ -527,7 +534,7 @@ class GrokPolicy:
     def _plateau(self, trial_id: str, state: TrialState) -> _Ruling:
         c, d = self.config, state.detector
         quiet, patience = self.quiet_steps(trial_id, d), self.patience(d)
-        hopeless = self._hopeless(state)
+        hopeless = self._hopeless(trial_id, state)
         if hopeless is not None:
             return _Ruling(
                 DecisionKind.STOP,
@@ -560,13 +567,13 @@ class GrokPolicy:
             f"steps; {self._describe(state)}",
         )
 
-    def _at_budget(self, state: TrialState, phase: Phase) -> _Ruling:
+    def _at_budget(self, trial_id: str, state: TrialState, phase: Phase) -> _Ruling:
         c, d = self.config, state.detector
         limit = c.max_t + c.extension
         alive = phase is Phase.TRANSITION or (
             phase is Phase.PLATEAU and d.fired and d.steps_since_evidence() == 0
         )
-        if alive and phase is Phase.PLATEAU and self._hopeless(state) is not None:
+        if alive and phase is Phase.PLATEAU and self._hopeless(trial_id, state) is not None:
             # The P(grok) that stops a plateau does not pay for one past max_t; a transition
             # under way (the target moving) is the grok itself, and no prediction vetoes it.
             alive = False
@@ -585,7 +592,15 @@ class GrokPolicy:
                 f"past max_t {c.max_t:.0f} while {why} "
                 f"(extension {d.step - c.max_t:.0f}/{c.extension:.0f}); {self._describe(state)}",
             )
-        where = "extension" if alive or predicted else f"max_t {c.max_t:.0f}"
+        if alive or predicted:
+            where = "extension"
+        elif d.step > c.max_t:  # extended once; what paid for it is gone
+            where = (
+                f"max_t {c.max_t:.0f} + {d.step - c.max_t:.0f} steps of extension, with nothing "
+                "under way or predicted to pay for more,"
+            )
+        else:
+            where = f"max_t {c.max_t:.0f}"
         return _Ruling(
             DecisionKind.STOP,
             Cause.BUDGET,
