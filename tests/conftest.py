@@ -14,6 +14,20 @@ from grokschedule.core.contract import Observation
 
 DATA = Path(__file__).parent / "data"
 
+# The DeepSpeed trials under Tune (tests/test_trainer_tune.py, tests/test_deepspeed_rank_kill.py):
+# a small modular-task model in two ZeRO-2 workers (gloo) that, with the trial, fit on the two
+# CPUs of ``local_ray``. Each test module adds its lr, steps and checkpoint and failure policy.
+DEEPSPEED_TRIAL = {
+    "p": 23,
+    "embed_dim": 32,
+    "hidden_dim": 64,
+    "num_workers": 2,
+    "cpus_per_worker": 0.5,
+    "zero_stage": 2,
+    "batch_size": 32,
+    "micro_batch_size": 16,
+}
+
 
 @pytest.fixture(scope="session")
 def recorded_curves() -> dict[str, dict[str, list[float]]]:

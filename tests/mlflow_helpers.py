@@ -1,19 +1,17 @@
-"""Test helpers for the MLflow tracking tests: a real ``mlflow server`` that a test can stop and
-restart, and a sweep of recorded curves replayed through the real policy and ``SweepLogger``."""
+"""Test helpers for the MLflow tracking tests: a real ``mlflow server`` (the soak bench's) that a
+test can stop and restart, and a sweep of recorded curves replayed through the real policy and
+``SweepLogger``."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from grokschedule.bench.soak_mlflow import LocalMlflowServer
 from grokschedule.core.contract import Observation
 from grokschedule.core.decision import DecisionKind
 from grokschedule.core.kick_policy import KickConfig
@@ -25,63 +23,12 @@ DATA = Path(__file__).parent / "data"
 CURVES = DATA / "recorded_curves.json"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class MlflowServer:
-    """``mlflow server`` on sqlite with proxied artifacts, on a free local port."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 120) -> None:
-        mlflow = Path(sys.executable).parent / "mlflow"
-        command = [
-            str(mlflow),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(self.root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        # The job runner (huey consumers) doubles the start time and is not needed here.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.starts += 1
-        log = (self.root / f"server-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout_s
-        while not self.healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start; see {log.name}")
-            time.sleep(0.3)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+class MlflowServer(LocalMlflowServer):
+    """The soak's ``mlflow server`` (sqlite, proxied artifacts, a free local port), which a test
+    may also stop as an operator would: SIGTERM, so requests in flight are answered."""
 
     def stop(self) -> None:
-        """Stop the server and its workers (its own process group, started above)."""
+        """Stop the server and its workers (its own process group, started by ``start``)."""
         if self.process is None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import DEEPSPEED_TRIAL
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -43,14 +44,7 @@ pytestmark = pytest.mark.slow
 LR, EVAL_EVERY, POLL_EVERY, WINDOW, MAX_STEPS = 3e-3, 5, 5, 12, 20
 WAIT_S = 180.0  # the longest any event may take on a loaded 2-core machine
 SPACE = {
-    "p": 23,
-    "embed_dim": 32,
-    "hidden_dim": 64,
-    "num_workers": 2,
-    "cpus_per_worker": 0.5,  # two workers and the trial fit on two CPUs
-    "zero_stage": 2,
-    "batch_size": 32,
-    "micro_batch_size": 16,
+    **DEEPSPEED_TRIAL,
     "lr": LR,
     "max_steps": MAX_STEPS,
     "eval_every": EVAL_EVERY,

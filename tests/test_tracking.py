@@ -11,9 +11,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow_helpers import free_port, log_recorded_sweep
+from mlflow_helpers import log_recorded_sweep
 
 from grokschedule.app.runner import ensure_experiment, local_tracking_uri
+from grokschedule.bench.soak_mlflow import free_port
 from grokschedule.core.commands import KICK, Command
 from grokschedule.core.decision import Cause, Decision, DecisionKind
 from grokschedule.core.kicks import LR_MULTIPLY, Kick

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import DEEPSPEED_TRIAL
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
@@ -26,14 +27,7 @@ from tune_plugins import GrokScheduler
 pytestmark = pytest.mark.slow
 
 SPACE = {
-    "p": 23,
-    "embed_dim": 32,
-    "hidden_dim": 64,
-    "num_workers": 2,
-    "cpus_per_worker": 0.5,  # two workers and the trial fit on two CPUs
-    "zero_stage": 2,
-    "batch_size": 32,
-    "micro_batch_size": 16,
+    **DEEPSPEED_TRIAL,
     "lr": 3e-3,
     "max_steps": 100,
     "eval_every": 10,

@@ -29,8 +29,7 @@ from grokschedule.core.contract import (
     Observation,
 )
 from grokschedule.core.decision import Decision, DecisionKind
-from grokschedule.core.kick_policy import KickConfig
-from grokschedule.core.policy import GrokPolicy, PolicyConfig
+from grokschedule.core.policy import GrokPolicy, PolicyConfig, config_arguments
 from grokschedule.core.summary import SweepSummary, TrialOutcome
 
 if TYPE_CHECKING:
@@ -117,21 +116,8 @@ class GrokScheduler(FIFOScheduler):
             "val_loss": val_loss,
             "weight_norm": weight_norm,
         }
-        self._policy_args: dict[str, Any] = {
-            "max_t": max_t,
-            "grok_threshold": grok_threshold,
-            "max_extension": max_extension,
-            "patience_factor": patience_factor,
-            "min_patience": min_patience,
-            "stop_on_grok": stop_on_grok,
-            "phases": dict(phase_options or {}),
-            "interventions": KickConfig.from_user(interventions),
-            "predictor": predictor,
-            "stop_below": stop_below,
-            "keep_above": keep_above,
-            "judge_after": judge_after,
-            "adaptive": adaptive,
-        }
+        # locals(): the arguments (the policy's are taken by name), as the trainer callbacks do.
+        self._policy_args = config_arguments(locals())
         self._metric, self._mode = metric, mode
         # PolicyConfig validates the policy's arguments now, before any trial runs; metric and
         # mode may still come from TuneConfig (set_search_properties): stand-ins until then.

@@ -52,6 +52,32 @@ class Chunk:
         first = self.rows[0]
         return ModularTask(first["op"], first["p"], first["train_fraction"], first["seed"])
 
+    def data(self, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The task's split on ``device``: x_train, y_train, x_val, y_val."""
+        x_train, y_train, x_val, y_val = (tensor.to(device) for tensor in self.task().split())
+        return x_train, y_train, x_val, y_val
+
+    def models(self, device: str) -> ModelBatch:
+        """The chunk's models on ``device``, one per row: the shapes and optimizer of the first
+        row (the chunk's, shared), each model's seed, init scale, lr and weight decay (and
+        momentum, for SGD) of its own row. Its trainers (``train_chunk``, the kick table's) build
+        them here, so a row means the same model in every bank."""
+        first = self.rows[0]
+        sgd = first["optimizer"] == "sgd"
+        return ModelBatch.create(
+            first["arch"],
+            first["p"],
+            first["embed_dim"],
+            first["hidden_dim"],
+            seeds=[row["seed"] for row in self.rows],
+            init_scales=[row["init_scale"] for row in self.rows],
+            optimizer=first["optimizer"],
+            lrs=[row["lr"] for row in self.rows],
+            weight_decays=[row["weight_decay"] for row in self.rows],
+            momentums=[row["momentum"] for row in self.rows] if sgd else None,
+            device=device,
+        )
+
     def step_cost(self) -> float:
         """Rough cost of one step of every model in the chunk (for the ETA and job order)."""
         first, n_train = self.rows[0], len(self.task().split()[0])
@@ -80,25 +106,10 @@ def train_chunk(
     """Train the chunk's models for ``steps`` full-batch steps, on one thread with subnormals
     flushed; their curves as float32 (models, records, len(METRICS)). ``advance(n)`` is told
     after every ``n`` steps taken."""
-    rows = chunk.rows
-    first = rows[0]
-    x_train, y_train, x_val, y_val = (tensor.to(device) for tensor in chunk.task().split())
-    sgd = first["optimizer"] == "sgd"
-    batch = ModelBatch.create(
-        first["arch"],
-        first["p"],
-        first["embed_dim"],
-        first["hidden_dim"],
-        seeds=[row["seed"] for row in rows],
-        init_scales=[row["init_scale"] for row in rows],
-        optimizer=first["optimizer"],
-        lrs=[row["lr"] for row in rows],
-        weight_decays=[row["weight_decay"] for row in rows],
-        momentums=[row["momentum"] for row in rows] if sgd else None,
-        device=device,
-    )
+    x_train, y_train, x_val, y_val = chunk.data(device)
+    batch = chunk.models(device)
     at = record_steps(steps, record_every)
-    recorded = torch.empty(len(rows), len(at), len(METRICS), device=device)
+    recorded = torch.empty(len(chunk.rows), len(at), len(METRICS), device=device)
     done = 0
     with flush_denormals(), one_thread():
         for index, until in enumerate(at):

@@ -48,7 +48,6 @@ from grokschedule.bench.bank_models import (
     BETAS,
     EPS,
     METRICS,
-    ModelBatch,
     Params,
     flush_denormals,
 )
@@ -283,19 +282,8 @@ def train_kicked_chunk(
     and been watched ``FORGET_WINDOW`` steps more stops early, its last record carried forward."""
     rows = chunk.rows
     first = rows[0]
-    x_train, y_train, x_val, y_val = (tensor.to(device) for tensor in chunk.task().split())
-    batch = ModelBatch.create(
-        first["arch"],
-        first["p"],
-        first["embed_dim"],
-        first["hidden_dim"],
-        seeds=[row["seed"] for row in rows],
-        init_scales=[row["init_scale"] for row in rows],
-        optimizer="adamw",
-        lrs=[row["lr"] for row in rows],
-        weight_decays=[row["weight_decay"] for row in rows],
-        device=device,
-    )
+    x_train, y_train, x_val, y_val = chunk.data(device)
+    batch = chunk.models(device)  # AdamW rows (TableGrid); KickedAdamW takes their parameters
     optimizer = KickedAdamW(
         batch.params,
         [row["lr"] for row in rows],

@@ -66,6 +66,7 @@ how they carried out a command with ``note``; they never write the state themsel
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -172,6 +173,36 @@ class PolicyConfig:
     @property
     def patience_floor(self) -> float:
         return self.max_t / 4 if self.min_patience is None else self.min_patience
+
+
+# GrokScheduler's arguments for the policy but metric and mode, by its names; the trainer
+# callbacks take the same. All but two are PolicyConfig's fields: see ``config_arguments``.
+USER_ARGUMENTS = (
+    "max_t",
+    "grok_threshold",
+    "max_extension",
+    "patience_factor",
+    "min_patience",
+    "stop_on_grok",
+    "phase_options",
+    "interventions",
+    "predictor",
+    "stop_below",
+    "keep_above",
+    "judge_after",
+    "adaptive",
+)
+
+
+def config_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """PolicyConfig's keyword arguments but metric and mode, from the ``USER_ARGUMENTS`` in
+    ``arguments`` (others are left out): ``phase_options`` becomes ``phases`` and
+    ``interventions`` the ``KickConfig`` it stands for (``KickConfig.from_user``). One builder,
+    so GrokScheduler and the trainer callbacks turn the same arguments into the same policy."""
+    config = {key: arguments[key] for key in USER_ARGUMENTS}
+    config["phases"] = dict(config.pop("phase_options") or {})
+    config["interventions"] = KickConfig.from_user(config["interventions"])
+    return config
 
 
 @cache

@@ -57,7 +57,7 @@ from grokschedule.core.kicks import (
     KickRecord,
     value_changes,
 )
-from grokschedule.core.policy import GrokPolicy, PolicyConfig
+from grokschedule.core.policy import USER_ARGUMENTS, GrokPolicy, PolicyConfig, config_arguments
 from grokschedule.core.summary import judge
 from grokschedule.tracking import names as mlflow_names
 from grokschedule.tracking.timeline import verdict_tags
@@ -78,23 +78,7 @@ _MAX_TAG = 8000  # MLflow's limit on a tag value
 # A callback's arguments as GrokSettings takes them: the metric names (MetricNames' order after
 # the step) and the policy's own.
 _NAME_ARGUMENTS = ("metric", "train_loss", "train_acc", "val_loss", "weight_norm")
-_POLICY_ARGUMENTS = (
-    "metric",
-    "mode",
-    "max_t",
-    "grok_threshold",
-    "max_extension",
-    "patience_factor",
-    "min_patience",
-    "stop_on_grok",
-    "phase_options",
-    "interventions",
-    "predictor",
-    "stop_below",
-    "keep_above",
-    "judge_after",
-    "adaptive",
-)
+_POLICY_ARGUMENTS = ("metric", "mode", *USER_ARGUMENTS)
 
 
 class MissingMetricError(ValueError):
@@ -130,7 +114,10 @@ class GrokSettings:
         self.names = names
         self.hint = hint
         self.max_t = max_t
-        kicks = KickConfig.from_user(interventions)
+        # locals(): the arguments (the policy's are taken by name); max_t may come later.
+        config = config_arguments(locals())
+        del config["max_t"]
+        kicks: KickConfig | None = config["interventions"]
         # The default kicks hold lora_rank, which the policy gives only to a trial that reports
         # a LoRA rank; a callback reports none, so only a lora_rank the user names is refused.
         defaults = interventions is True or (
@@ -152,22 +139,7 @@ class GrokSettings:
                     f"callback (the trainer fixes its gradient accumulation when it starts); "
                     f"allowed: {list(LIVE_KINDS)}"
                 )
-        self._config: dict[str, Any] = {
-            "metric": metric,
-            "mode": mode,
-            "grok_threshold": grok_threshold,
-            "max_extension": max_extension,
-            "patience_factor": patience_factor,
-            "min_patience": min_patience,
-            "stop_on_grok": stop_on_grok,
-            "phases": dict(phase_options or {}),
-            "interventions": kicks,
-            "predictor": predictor,
-            "stop_below": stop_below,
-            "keep_above": keep_above,
-            "judge_after": judge_after,
-            "adaptive": adaptive,
-        }
+        self._config: dict[str, Any] = {"metric": metric, "mode": mode, **config}
         # Bad arguments fail here, before any training; max_t may come from the trainer later.
         self.config(1.0 if max_t is None else max_t)
 
