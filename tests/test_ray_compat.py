@@ -130,3 +130,14 @@ def test_ray_compat_helpers_on_a_local_cluster(local_ray: None) -> None:
 
     address = ray.get_runtime_context().gcs_address
     assert "Plasma memory usage" in ray_compat.object_store_stats(address)
+
+
+def test_ray_train_still_reads_the_settings_the_demo_makes() -> None:
+    """``LOCAL_TRAIN_ENV`` only helps while Ray Train reads those names: an upgrade that renames
+    one would silently undo it."""
+    from grokschedule.app.demo import LOCAL_TRAIN_ENV
+
+    train = Path(ray.__file__).parent / "train" / "v2"
+    source = "\n".join(path.read_text() for path in train.rglob("*.py"))
+    for name in LOCAL_TRAIN_ENV:
+        assert f'"{name}"' in source, f"Ray Train no longer reads {name}"
