@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import time
 from pathlib import Path
 
@@ -135,9 +136,19 @@ def test_ray_compat_helpers_on_a_local_cluster(local_ray: None) -> None:
 def test_ray_train_still_reads_the_settings_the_demo_makes() -> None:
     """``LOCAL_TRAIN_ENV`` only helps while Ray Train reads those names: an upgrade that renames
     one would silently undo it."""
-    from grokschedule.app.demo import LOCAL_TRAIN_ENV
+    from grokschedule.app.runner import LOCAL_TRAIN_ENV
 
     train = Path(ray.__file__).parent / "train" / "v2"
     source = "\n".join(path.read_text() for path in train.rglob("*.py"))
     for name in LOCAL_TRAIN_ENV:
         assert f'"{name}"' in source, f"Ray Train no longer reads {name}"
+
+
+def test_local_train_settings_leave_a_value_already_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grokschedule.app.runner import LOCAL_TRAIN_ENV, use_local_train_settings
+
+    first, second = LOCAL_TRAIN_ENV
+    monkeypatch.setenv(first, "1")
+    monkeypatch.delenv(second, raising=False)
+    use_local_train_settings()
+    assert os.environ[first] == "1" and os.environ[second] == LOCAL_TRAIN_ENV[second]

@@ -23,7 +23,7 @@ import ray
 from ray import tune
 
 from grokschedule.adapters.trainables.modular import modular_trainable
-from grokschedule.app.runner import SweepSettings, run_sweep
+from grokschedule.app.runner import SweepSettings, run_sweep, use_local_train_settings
 from grokschedule.tracking.views import ui_url
 
 MAX_T = 3_000
@@ -33,14 +33,6 @@ LM_DEMO_EXPERIMENT = "grokschedule-demo-lm"
 LM_MAX_T = 2_000
 LM_MAX_EXTENSION = 1_000
 TASKS = ("modular", "lm")
-# The local cluster's Ray Train settings, for the LM demo's Train V2 trials: one machine has no
-# node to be preempted, so the preemption watcher (an actor per trial, importing Ray Train on a
-# busy core) goes; the controller polls its workers every 0.5 s instead of 2 s, so each report
-# (and the decision on it) is relayed sooner. A value already in the environment wins.
-LOCAL_TRAIN_ENV = {
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-}
 
 
 def demo_settings(root: Path, quick: bool = False) -> SweepSettings:
@@ -134,8 +126,7 @@ def run_demo(root: Path, quick: bool = False, task: str = "modular") -> int:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     settings = lm_demo_settings(root, quick) if task == "lm" else demo_settings(root, quick)
     started = time.monotonic()
-    for name, value in LOCAL_TRAIN_ENV.items():  # the local cluster's processes inherit them
-        os.environ.setdefault(name, value)
+    use_local_train_settings()
     # Trial stdout (Ray's checkpoint chatter) stays in the trial logs; the console shows decisions.
     ray.init(
         address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False

@@ -25,7 +25,7 @@ from pathlib import Path
 import ray
 
 from grokschedule.adapters import ray_compat
-from grokschedule.app.runner import run_sweep
+from grokschedule.app.runner import run_sweep, use_local_train_settings
 from grokschedule.app.spec import (
     ClusterView,
     SpecError,
@@ -74,6 +74,8 @@ def sweep_main(argv: list[str] | None = None) -> int:
     # Trial stdout (Ray's checkpoint chatter) stays in the trial logs; the console shows decisions.
     # A cluster of our own needs no dashboard (and takes no port another cluster here may hold).
     local = {} if joining else {"include_dashboard": False}
+    if not joining:
+        use_local_train_settings()
     ray.init(address=args.address, log_to_driver=False, **local)
     try:
         view = cluster_view(autoscaled=joining)
