@@ -421,3 +421,61 @@ def test_a_gradient_transform_from_the_channel_is_acknowledged_as_not_applied(
     run.apply(ChannelCommand(1, "kick", Kick("lr_multiply", {"factor": 2.0}, duration_steps=5)))
     assert run.control == ControlState(acked_id=1, applied_step=2, not_applied_id=0)
     train(run, 1)  # training goes on
+
+
+def test_lora_rank_growth_carries_adamw_moments_and_step(process_group: None) -> None:
+    """The grown engine's AdamW goes on where the old one was: the old moments in the leading
+    slice (A's rows, B's columns), zero momentum and the old mean second moment in the new one,
+    the step count kept; so the step after the kick moves the old weights about as much as the
+    one before it (a fresh AdamW moves every element by about lr)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    from grokschedule.training.deepspeed.adam_carry import base_optimizer
+
+    lr = 1e-2
+    run = lm_run(lm_lora_rank=8, zero_stage=2, lr=lr)
+    train(run, 10)
+    old = lora_weights(run)
+    train(run, 1)
+    before = mean_move(old, lora_weights(run)) / lr
+    moments = {
+        name: {key: safe_get_full_optimizer_state(p, key).clone() for key in MOMENTS}
+        for name, p in run.engine.module.named_parameters()
+        if p.requires_grad
+    }
+    kicked = lora_weights(run)
+
+    run.apply(SetAdapterRank(32))
+    assert all(float(s["step"]) == 11 for s in base_optimizer(run.engine).state.values())
+    for name, p in run.engine.module.named_parameters():
+        if not p.requires_grad:
+            continue
+        rank_dim = 0 if ".lora_A." in name else 1
+        for key in MOMENTS:
+            value, was = safe_get_full_optimizer_state(p, key), moments[name][key]
+            assert torch.equal(value.narrow(rank_dim, 0, 8), was)
+            fresh = value.narrow(rank_dim, 8, 24)
+            if key == "exp_avg":
+                assert not fresh.any()
+            else:
+                assert torch.allclose(fresh, was.mean(rank_dim, keepdim=True).expand_as(fresh))
+    train(run, 1)
+    after = mean_move(kicked, lora_weights(run)) / lr
+    assert after < 2 * before, (before, after)
+
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def lora_weights(run: DeepSpeedRun) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().clone() for n, p in run.engine.module.named_parameters() if p.requires_grad
+    }
+
+
+def mean_move(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> float:
+    """Mean |change| over the elements of ``old`` (the leading slice of a grown ``new``)."""
+    moved = [
+        (new[k][tuple(slice(0, s) for s in v.shape)] - v).abs().sum().item() for k, v in old.items()
+    ]
+    return sum(moved) / sum(v.numel() for v in old.values())
