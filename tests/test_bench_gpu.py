@@ -77,7 +77,10 @@ def test_tiny_rehearsal_runs_every_section_on_cpu_without_ray(tmp_path: Path) ->
         assert r["status"] == "ok" and r["zero_stage"] == stage, r
         assert r["params"] == TINY_PARAMS and r["precision"] == "fp32" and "cpu_note" in r
         assert positive(r["plain_tokens_per_s"]) and positive(r["monitored_tokens_per_s"])
-        assert -1 < r["monitoring_overhead"] < 1 and positive(r["report_ms"])
+        # A ratio of two timings on a tiny CPU run is load noise: check that it is the ratio
+        # the report's step times give, not how large it is (BENCHMARKS.md holds the figures).
+        ratio = r["plain_step_ms"] / r["monitored_step_ms"]
+        assert r["monitoring_overhead"] == pytest.approx(1 - ratio) and positive(r["report_ms"])
         assert r["plain_mfu"] is None and r["monitored_mfu"] is None  # no peak to divide by
         assert r["peak_memory_source"] == "host max RSS" and positive(r["peak_memory_gib"])
         assert r["out_of_memory_tries"] == [] and not r["fell_back"]

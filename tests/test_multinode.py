@@ -13,6 +13,7 @@ test's Ray temp dir (the job's driver runs in a session of its own, in the uploa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -51,6 +52,7 @@ class Cluster:
     env: dict[str, str]  # RAY_AUTH_MODE=token and this cluster's token file
     token: str
     worker_node_id: str
+    worker_session: int  # the worker node's session id: its raylet and workers carry it
     runs: Path  # GROKSCHEDULE_STORAGE_PATH on the nodes, so the job's driver writes there
     start: Callable[[list[str], str], subprocess.Popen[bytes]]  # another node: (args, name)
 
@@ -202,7 +204,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             for n in _alive_nodes(dashboard, token)
             if "gpu_node" in n["resources_total"]
         )
-        yield Cluster(gcs, dashboard, env, token, worker_node_id, root / "runs", start)
+        yield Cluster(gcs, dashboard, env, token, worker_node_id, worker.pid, root / "runs", start)
     finally:
         _stop(nodes, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -312,6 +314,16 @@ def _in_session(pid: int, session: int) -> bool:
         return False
 
 
+def _record_sessions(trials: dict[str, list[dict[str, Any]]], session_of: dict[int, int]) -> None:
+    """Which node each trial process ran on, read while it lives: every node here is a process
+    session on this machine, so `getsid` is the ground truth the state API may lag behind."""
+    for rows in trials.values():
+        for row in rows:
+            if row["pid"] not in session_of:
+                with contextlib.suppress(ProcessLookupError):
+                    session_of[row["pid"]] = os.getsid(row["pid"])
+
+
 def _checkpointed(rows: list[dict[str, Any]]) -> list[int]:
     """The steps of a trial's results that carried a checkpoint, as the driver recorded them."""
     return [row["step"] for row in rows if row.get("checkpoint_dir_name")]
@@ -320,16 +332,11 @@ def _checkpointed(rows: list[dict[str, Any]]) -> list[int]:
 def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    before = {n["node_id"] for n in _alive_nodes(cluster.dashboard, cluster.token)}
+    before = len(_alive_nodes(cluster.dashboard, cluster.token))
     node = cluster.start(
         [f"--address={cluster.gcs}", "--num-cpus=2", '--resources={"gpu_node": 2}'], "lost"
     )
-    _wait_for_nodes(cluster.dashboard, cluster.token, len(before) + 1, node)
-    lost_id = next(
-        n["node_id"]
-        for n in _alive_nodes(cluster.dashboard, cluster.token)
-        if n["node_id"] not in before
-    )
+    _wait_for_nodes(cluster.dashboard, cluster.token, before + 1, node)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = {
         "trainable": "modular",
@@ -369,6 +376,7 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    session_of: dict[int, int] = {}
     try:
         # Kill the added node once the driver has recorded, for each of its two trials, a
         # checkpoint and a result after it (a node dies between checkpoints), neither trial
@@ -380,6 +388,7 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
             )
             assert time.monotonic() < deadline, "the lost node never checkpointed two trials"
             trials = {d.name: _rows(d) for d in runs.glob("ray_results/*/*") if d.is_dir()}
+            _record_sessions(trials, session_of)
             doomed = {
                 name: rows
                 for name, rows in trials.items()
@@ -397,7 +406,12 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
             process.kill()
         psutil.wait_procs(lost, timeout=10)
         killed_pids = {p.pid for p in lost}
-        driver.wait(timeout=300)
+        deadline = time.monotonic() + 300
+        while driver.poll() is None:  # the retried trials' processes, while they run
+            assert time.monotonic() < deadline, "the sweep never finished after the kill"
+            trials = {d.name: _rows(d) for d in runs.glob("ray_results/*/*") if d.is_dir()}
+            _record_sessions(trials, session_of)
+            time.sleep(0.1)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -409,22 +423,15 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
     trials = {d.name: _rows(d) for d in runs.glob("ray_results/*/*") if d.is_dir()}
     assert len(trials) == 4
     pids = {name: list(dict.fromkeys(row["pid"] for row in rows)) for name, rows in trials.items()}
-    deadline = time.monotonic() + 30
-    while True:  # the state API may lag the actor table under load
-        actors = _state(cluster.dashboard, cluster.token, "actors", class_name="ImplicitFunc")
-        node_of_pid = {actor["pid"]: actor["node_id"] for actor in actors}
-        every = {pid for trial_pids in pids.values() for pid in trial_pids}
-        if every <= set(node_of_pid) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
     for name, rows in trials.items():
         assert rows[-1]["step"] == LOST_NODE_STEPS, name
         if name not in doomed:
-            assert len(pids[name]) == 1 and node_of_pid[pids[name][0]] == cluster.worker_node_id
+            assert len(pids[name]) == 1
+            assert session_of.get(pids[name][0]) == cluster.worker_session, (name, session_of)
             continue
         first, retried = pids[name]
-        assert first in killed_pids and node_of_pid[first] == lost_id
-        assert node_of_pid[retried] == cluster.worker_node_id
+        assert first in killed_pids and session_of.get(first) == node.pid
+        assert session_of.get(retried) == cluster.worker_session, (name, session_of)
         split = next(i for i, row in enumerate(rows) if row["pid"] == retried)
         checkpoint = _checkpointed(rows[:split])[-1]
         assert rows[split]["step"] == checkpoint + LOST_NODE_EVAL, (name, checkpoint)
