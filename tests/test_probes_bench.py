@@ -43,7 +43,6 @@ def test_a_tiny_bench_measures_every_signal_and_the_loop(
         for key in ("step_ms", "eval_ms", "probe_sums_ms", "generate_ms", "group_norms_ms"):
             assert costs[key] > 0, key
         assert costs["lora_rank_ms"] > 0  # both carry a LoRA adapter
-        assert costs["probe_sums_ms"] < costs["eval_ms"]
         probes = r["probes"]
         assert probes[0]["step"] == 10
         assert all(p["step"] % 10 == 0 for p in probes)
