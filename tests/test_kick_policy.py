@@ -403,3 +403,58 @@ def test_a_lora_rank_kick_goes_first_to_a_trial_whose_adapter_can_grow_and_only_
             assert chosen is None or chosen[1].kind != LORA_RANK
     with pytest.raises(ValueError, match="max_lora_rank must be an int >= 1"):
         KickConfig(max_lora_rank=0)
+
+
+def _late_kick(verdict_after: float | None) -> tuple[GrokPolicy, list]:
+    """A plateau kicked at 900 with ``max_t`` 1000, acknowledged at the next step: the
+    decisions until it stops (a flat curve: no evidence ever comes)."""
+    policy = GrokPolicy(
+        PolicyConfig(
+            patience_factor=10.0,
+            max_t=1000,
+            max_extension=2000,
+            predictor=False,
+            interventions=KickConfig(
+                kicks=(Kick(GROKFAST),), max_kicks=1, verdict_after=verdict_after
+            ),
+        )
+    )
+    decisions, control = [], {}
+    for step in range(50, 3050, 50):
+        flat = dict(target=0.0, train_loss=0.01, train_acc=1.0, val_loss=5.0, control=control)
+        decision = policy.observe("late", Observation(step=step, **flat))
+        decisions.append(decision)
+        if decision.kind is DecisionKind.KICK:
+            control = {"control/acked_id": decision.command.id, "control/applied_step": step + 1}
+        if decision.kind is DecisionKind.STOP:
+            break
+    return policy, decisions
+
+
+def test_a_kick_shortly_before_max_t_is_paid_for_until_its_verdict() -> None:
+    policy, decisions = _late_kick(verdict_after=1000)
+    kick = next(d for d in decisions if d.kind is DecisionKind.KICK)
+    assert kick.step == 900
+    extended = [d for d in decisions if d.kind is DecisionKind.EXTEND]
+    assert [d.step for d in extended] == list(range(1000, 1901, 50))
+    assert "its grokfast kick at 901 awaits its verdict" in extended[0].reason
+    assert "1000 steps without it, by 1901" in extended[0].reason
+    stop = decisions[-1]
+    assert stop.kind is DecisionKind.STOP and stop.step == 1950  # the kick failed at 1901
+    assert "nothing under way or predicted to pay for more" in stop.reason
+    assert policy.kicks.stats[GROKFAST].failed == 1
+
+
+def test_a_late_kick_with_no_verdict_window_runs_to_the_end_of_the_extension() -> None:
+    _, decisions = _late_kick(verdict_after=None)
+    assert decisions[-1].kind is DecisionKind.STOP and decisions[-1].step == 3000
+    assert "reached the end of the extension (max_t 1000 + 2000)" in decisions[-1].reason
+
+
+def test_a_late_kick_that_was_rolled_back_does_not_pay_for_an_extension() -> None:
+    kicks = KickPolicy(KickConfig(kicks=THREE, probe_trials=0))
+    kicks.choose("r", 900.0, TRAIN)
+    kicks.absorb("r", {"control/acked_id": 0, "control/applied_step": 901.0}, TRAIN)
+    assert kicks.awaiting_verdict("r") == (kicks.trial("r").applied[0][1], 901.0)
+    kicks.order_rollback("r")
+    assert kicks.awaiting_verdict("r") is None

@@ -131,7 +131,7 @@ def test_run_transitioning_at_max_t_is_extended_then_stopped_at_the_cap(recorded
     short = PolicyConfig(max_t=3000, max_extension=500, patience_factor=20)
     decisions = _replay(GrokPolicy(short), "s", recorded_curves["slow_grokker_p59_f04"])
     assert decisions[-1].kind is DecisionKind.STOP
-    assert decisions[-1].reason.startswith("budget: reached extension")
+    assert decisions[-1].reason.startswith("budget: reached the end of the extension")
     assert decisions[-1].step == 3500
 
 

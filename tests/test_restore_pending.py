@@ -150,7 +150,8 @@ def test_an_extension_under_way_at_the_kill_ends_at_max_t_plus_max_extension(
         (DecisionKind.EXTEND, MAX_T),
         (DecisionKind.STOP, MAX_T + MAX_EXTENSION),
     ]
-    assert log[-1].reason.startswith("budget: reached extension in transition")
+    end = f"the end of the extension (max_t {MAX_T:.0f} + {MAX_EXTENSION:.0f})"
+    assert log[-1].reason.startswith(f"budget: reached {end} in transition")
     result = killed_and_restored["result"]
     assert result.metrics["step"] == MAX_T + MAX_EXTENSION
     assert result.metrics["scheduler/decision"] == "STOP"

@@ -334,6 +334,15 @@ class KickPolicy:
         t = self.trial(trial_id)
         return bool(t.pending) or t.rollback_pending is not None
 
+    def awaiting_verdict(self, trial_id: str) -> tuple[Kick, float] | None:
+        """The trial's last applied kick and the step it took effect, while its verdict is still
+        open: no evidence after it yet, not ``verdict_after`` steps old, not rolled back."""
+        t = self.trial(trial_id)
+        if not t.applied:
+            return None
+        command_id, kick, applied_step = t.applied[-1]
+        return None if command_id in t.judged else (kick, applied_step)
+
     # -- decisions --------------------------------------------------------------------------
     def norm_trend(self, trial_id: str) -> float | None:
         """log(|w| now / |w| about ``norm_window`` steps ago); None until that long is seen."""

@@ -8,7 +8,8 @@ The rules, in order of precedence:
 3. with interventions: a kick that diverged or made training
    worse without recovering                                 → ROLLBACK
 4. past ``max_t``: transition under way or fresh evidence,
-   and still inside ``max_t + max_extension``               → EXTEND (keep paying)
+   or (with interventions) a kick still awaiting its
+   verdict, and still inside ``max_t + max_extension``      → EXTEND (keep paying)
    otherwise                                                → STOP (budget)
 5. with interventions: plateau quiet for ``kick_at`` × the
    patience, or (with the predictor) past ``judge_after`` ×
@@ -613,9 +614,17 @@ class GrokPolicy:
         if promising is not None and promising.eta_steps is not None:
             due = d.step + promising.eta_steps
         predicted = phase is Phase.PLATEAU and due is not None and due <= limit
-        if (alive or predicted) and d.step < limit:
+        # A kick posted shortly before max_t gets the window the kick policy judges it in
+        # (evidence after it, or ``verdict_after`` steps without): stopping it at max_t would
+        # pay for the kick and never read its effect.
+        awaiting = self._kick_awaiting_verdict(trial_id) if phase is Phase.PLATEAU else None
+        if (alive or predicted or awaiting) and d.step < limit:
             why = (
-                f"{phase.value} is under way" if alive else f"it is predicted to grok by {due:.0f}"
+                f"{phase.value} is under way"
+                if alive
+                else f"it is predicted to grok by {due:.0f}"
+                if predicted
+                else awaiting
             )
             return _Ruling(
                 DecisionKind.EXTEND,
@@ -623,8 +632,8 @@ class GrokPolicy:
                 f"past max_t {c.max_t:.0f} while {why} "
                 f"(extension {d.step - c.max_t:.0f}/{c.extension:.0f}); {self._describe(state)}",
             )
-        if alive or predicted:
-            where = "extension"
+        if alive or predicted or awaiting:
+            where = f"the end of the extension (max_t {c.max_t:.0f} + {c.extension:.0f})"
         elif d.step > c.max_t:  # extended once; what paid for it is gone
             where = (
                 f"max_t {c.max_t:.0f} + {d.step - c.max_t:.0f} steps of extension, with nothing "
@@ -637,6 +646,20 @@ class GrokPolicy:
             Cause.BUDGET,
             f"budget: reached {where} in {phase.value}; {self._describe(state)}",
         )
+
+    def _kick_awaiting_verdict(self, trial_id: str) -> str | None:
+        """Why the trial's last kick still pays for its run, or None: it has its verdict."""
+        acting = None if self.kicks is None else self.kicks.awaiting_verdict(trial_id)
+        if acting is None or self.kicks is None:
+            return None
+        kick, applied_step = acting
+        after = self.kicks.config.verdict_after
+        by = (
+            ""
+            if after is None
+            else f", or {after:.0f} steps without it, by {applied_step + after:.0f}"
+        )
+        return f"its {kick.kind} kick at {applied_step:.0f} awaits its verdict (evidence{by})"
 
     def _patience_basis(self, d: PhaseDetector) -> str:
         c = self.config
