@@ -30,6 +30,11 @@ def test_the_table_compares_each_kicked_run_with_the_same_config_unkicked() -> N
     assert lora == "| lora_rank | 2 | 2 | 1,250 | 2.00× | 2.00× | 1 | 1/1 |"
 
 
+def test_an_arm_run_without_the_unkicked_arm_has_no_speed_up_to_show() -> None:
+    text = table([result("lora_rank", 2000, 0), result("lora_rank", None, 1)])
+    assert text.splitlines()[-1] == "| lora_rank | 2 | 1 | 2,500 | — | — | 0 | 0/0 |"
+
+
 @pytest.mark.slow
 def test_a_tiny_run_kicks_every_arm_on_the_same_step(process_group: None, tmp_path: Path) -> None:
     """Under the suite's shared one-rank group (``single_process_group`` reuses a group that

@@ -173,11 +173,16 @@ def table(results: Sequence[ArmResult]) -> str:
         ]
         forgot = [r for r in rows if r.forgot]
         restored = sum(1 for r in forgot if r.rollback_restored)
+        # Without the `none` arm on a config (e.g. `--arms lora_rank`) there is nothing to compare.
+        median, worst = (
+            (f"{statistics.median(speedups):.2f}×", f"{min(speedups):.2f}×")
+            if speedups
+            else ("—", "—")
+        )
         lines.append(
             f"| {arm} | {len(rows)} | {sum(r.grok_step is not None for r in rows)} "
             f"| {statistics.median(r.steps_to_grok for r in rows):,.0f} "
-            f"| {statistics.median(speedups):.2f}× | {min(speedups):.2f}× "
-            f"| {len(forgot)} | {restored}/{len(forgot)} |"
+            f"| {median} | {worst} | {len(forgot)} | {restored}/{len(forgot)} |"
         )
     return "\n".join(lines)
 
