@@ -649,8 +649,7 @@ class GrokPolicy:
 
     def _kick_awaiting_verdict(self, trial_id: str) -> str | None:
         """Why the trial's last kick still pays for its run, or None: it has its verdict."""
-        acting = None if self.kicks is None else self.kicks.awaiting_verdict(trial_id)
-        if acting is None or self.kicks is None:
+        if self.kicks is None or (acting := self.kicks.awaiting_verdict(trial_id)) is None:
             return None
         kick, applied_step = acting
         after = self.kicks.config.verdict_after
