@@ -51,7 +51,6 @@ class Cluster:
     dashboard: str  # http://host:port, for the job and state APIs
     env: dict[str, str]  # RAY_AUTH_MODE=token and this cluster's token file
     token: str
-    worker_node_id: str
     worker_session: int  # the worker node's session id: its raylet and workers carry it
     runs: Path  # GROKSCHEDULE_STORAGE_PATH on the nodes, so the job's driver writes there
     start: Callable[[list[str], str], subprocess.Popen[bytes]]  # another node: (args, name)
@@ -199,12 +198,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             [f"--address={gcs}", "--num-cpus=2", '--resources={"gpu_node": 2}'], "worker"
         )
         _wait_for_nodes(dashboard, token, 2, worker)
-        worker_node_id = next(
-            n["node_id"]
-            for n in _alive_nodes(dashboard, token)
-            if "gpu_node" in n["resources_total"]
-        )
-        yield Cluster(gcs, dashboard, env, token, worker_node_id, worker.pid, root / "runs", start)
+        yield Cluster(gcs, dashboard, env, token, worker.pid, root / "runs", start)
     finally:
         _stop(nodes, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -243,33 +237,38 @@ def test_submitted_sweep_runs_its_trials_on_the_gpu_node(cluster: Cluster) -> No
     runs = cluster.runs
     submit = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard]
     entrypoint = ["python", "-m", "grokschedule.app.sweep", SPEC]
-    job = subprocess.run(
-        [*submit, "--working-dir", str(REPO), "--", *entrypoint],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    logs = job.stdout + job.stderr
+    experiment = runs / "ray_results" / "grokschedule-multinode-test"
+    log = runs.parent / "job-submit.log"
+    session_of: dict[int, int] = {}
+    with log.open("wb") as out:
+        job = subprocess.Popen(
+            [*submit, "--working-dir", str(REPO), "--", *entrypoint],
+            env=cluster.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while job.poll() is None:  # which node each trial process is on, while it runs
+            assert time.monotonic() < deadline, "the submitted sweep never finished"
+            trials = {d.name: _rows(d) for d in experiment.glob("*") if d.is_dir()}
+            _record_sessions(trials, session_of)
+            time.sleep(0.1)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    logs = log.read_text()
     assert job.returncode == 0, logs[-6000:]
     assert "joined a cluster of 2 node(s)" in logs  # the driver joined the job's cluster
     assert "=== grokschedule sweep: summary ===" in logs
 
-    # Each trial reported its process id; Ray's actor table says which node that process was on.
-    experiment = runs / "ray_results" / "grokschedule-multinode-test"
+    # Each trial reported its process id, which ran in the worker node's process session.
     trials = {}
     for result_file in experiment.glob("*/result.json"):
         last = json.loads(result_file.read_text().splitlines()[-1])
         trials[last["trial_id"]] = last["pid"]
     assert len(trials) == 2
-    deadline = time.monotonic() + 30
-    while True:  # the state API may lag the actor table under load
-        actors = _state(cluster.dashboard, cluster.token, "actors", class_name="ImplicitFunc")
-        node_of_pid = {actor["pid"]: actor["node_id"] for actor in actors}
-        if set(trials.values()) <= set(node_of_pid) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert {node_of_pid.get(pid) for pid in trials.values()} == {cluster.worker_node_id}
+    assert {session_of.get(pid) for pid in trials.values()} == {cluster.worker_session}
 
     # MLflow (sqlite under the storage path) holds one run per trial.
     client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
