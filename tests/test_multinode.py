@@ -247,13 +247,8 @@ def test_submitted_sweep_runs_its_trials_on_the_gpu_node(cluster: Cluster) -> No
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    try:
-        deadline = time.monotonic() + 240
-        while job.poll() is None:  # which node each trial process is on, while it runs
-            assert time.monotonic() < deadline, "the submitted sweep never finished"
-            trials = {d.name: _rows(d) for d in experiment.glob("*") if d.is_dir()}
-            _record_sessions(trials, session_of)
-            time.sleep(0.1)
+    try:  # which node each trial process is on, while it runs
+        _record_until_exit(job, (experiment, "*"), session_of, 240)
     finally:
         if job.poll() is None:
             job.kill()
@@ -311,6 +306,26 @@ def _in_session(pid: int, session: int) -> bool:
         return os.getsid(pid) == session
     except ProcessLookupError:
         return False
+
+
+def _trials(root: Path, pattern: str) -> dict[str, list[dict[str, Any]]]:
+    """Each trial directory under ``root`` matching ``pattern``: its results so far."""
+    return {d.name: _rows(d) for d in root.glob(pattern) if d.is_dir()}
+
+
+def _record_until_exit(
+    process: subprocess.Popen[bytes],
+    trial_dirs: tuple[Path, str],
+    session_of: dict[int, int],
+    timeout: float,
+) -> None:
+    """``_record_sessions`` for the trials in ``trial_dirs`` (root, pattern) until ``process``
+    exits: a trial process may be gone by the time the sweep ends."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        assert time.monotonic() < deadline, f"{process.args} ran past {timeout:.0f} s"
+        _record_sessions(_trials(*trial_dirs), session_of)
+        time.sleep(0.1)
 
 
 def _record_sessions(trials: dict[str, list[dict[str, Any]]], session_of: dict[int, int]) -> None:
@@ -386,7 +401,7 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
                 f"the sweep ended before the kill:\n{log.read_text()[-4000:]}"
             )
             assert time.monotonic() < deadline, "the lost node never checkpointed two trials"
-            trials = {d.name: _rows(d) for d in runs.glob("ray_results/*/*") if d.is_dir()}
+            trials = _trials(runs, "ray_results/*/*")
             _record_sessions(trials, session_of)
             doomed = {
                 name: rows
@@ -405,12 +420,8 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
             process.kill()
         psutil.wait_procs(lost, timeout=10)
         killed_pids = {p.pid for p in lost}
-        deadline = time.monotonic() + 300
-        while driver.poll() is None:  # the retried trials' processes, while they run
-            assert time.monotonic() < deadline, "the sweep never finished after the kill"
-            trials = {d.name: _rows(d) for d in runs.glob("ray_results/*/*") if d.is_dir()}
-            _record_sessions(trials, session_of)
-            time.sleep(0.1)
+        # the retried trials' processes, while they run
+        _record_until_exit(driver, (runs, "ray_results/*/*"), session_of, 300)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -419,7 +430,7 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
     assert "joined a cluster of 3 node(s)" in output
 
     # Each of the lost node's trials was retried on the other worker, from its last checkpoint.
-    trials = {d.name: _rows(d) for d in runs.glob("ray_results/*/*") if d.is_dir()}
+    trials = _trials(runs, "ray_results/*/*")
     assert len(trials) == 4
     pids = {name: list(dict.fromkeys(row["pid"] for row in rows)) for name, rows in trials.items()}
     for name, rows in trials.items():
