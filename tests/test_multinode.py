@@ -248,7 +248,7 @@ def test_submitted_sweep_runs_its_trials_on_the_gpu_node(cluster: Cluster) -> No
             stderr=subprocess.STDOUT,
         )
     try:  # which node each trial process is on, while it runs
-        _record_until_exit(job, (experiment, "*"), session_of, 240)
+        _record_until_exit(job, session_of, 240)
     finally:
         if job.poll() is None:
             job.kill()
@@ -313,29 +313,25 @@ def _trials(root: Path, pattern: str) -> dict[str, list[dict[str, Any]]]:
     return {d.name: _rows(d) for d in root.glob(pattern) if d.is_dir()}
 
 
+def _record_sessions(session_of: dict[int, int]) -> None:
+    """The session of every process alive now, for the trial pids the results name later: each
+    node here is a process session on this machine, so `getsid` says which node a process was
+    on (Ray's state API may not list a finished actor yet, and a trial's process may be gone
+    before the driver writes its results)."""
+    for process in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError):
+            session_of.setdefault(process.pid, os.getsid(process.pid))
+
+
 def _record_until_exit(
-    process: subprocess.Popen[bytes],
-    trial_dirs: tuple[Path, str],
-    session_of: dict[int, int],
-    timeout: float,
+    process: subprocess.Popen[bytes], session_of: dict[int, int], timeout: float
 ) -> None:
-    """``_record_sessions`` for the trials in ``trial_dirs`` (root, pattern) until ``process``
-    exits: a trial process may be gone by the time the sweep ends."""
+    """``_record_sessions`` every 0.1 s until ``process`` exits."""
     deadline = time.monotonic() + timeout
     while process.poll() is None:
         assert time.monotonic() < deadline, f"{process.args} ran past {timeout:.0f} s"
-        _record_sessions(_trials(*trial_dirs), session_of)
+        _record_sessions(session_of)
         time.sleep(0.1)
-
-
-def _record_sessions(trials: dict[str, list[dict[str, Any]]], session_of: dict[int, int]) -> None:
-    """Which node each trial process ran on, read while it lives: every node here is a process
-    session on this machine, so `getsid` is the ground truth the state API may lag behind."""
-    for rows in trials.values():
-        for row in rows:
-            if row["pid"] not in session_of:
-                with contextlib.suppress(ProcessLookupError):
-                    session_of[row["pid"]] = os.getsid(row["pid"])
 
 
 def _checkpointed(rows: list[dict[str, Any]]) -> list[int]:
@@ -402,7 +398,7 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
             )
             assert time.monotonic() < deadline, "the lost node never checkpointed two trials"
             trials = _trials(runs, "ray_results/*/*")
-            _record_sessions(trials, session_of)
+            _record_sessions(session_of)
             doomed = {
                 name: rows
                 for name, rows in trials.items()
@@ -421,7 +417,7 @@ def test_a_lost_node_s_trials_resume_elsewhere_counted_and_logged_once(
         psutil.wait_procs(lost, timeout=10)
         killed_pids = {p.pid for p in lost}
         # the retried trials' processes, while they run
-        _record_until_exit(driver, (runs, "ray_results/*/*"), session_of, 300)
+        _record_until_exit(driver, session_of, 300)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
